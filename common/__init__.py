@@ -1,0 +1,1 @@
+"""Shared layer library of the efficient-attention zoo: kernels, layers, k-means, the decoder LM."""

@@ -1,0 +1,111 @@
+"""Multi-head self-attention that owns the projections and delegates the attention itself to a kernel."""
+
+import keras
+from keras import ops
+
+from common.attention import get_kernel
+
+
+@keras.saving.register_keras_serializable(package="common")
+class SelfAttention(keras.layers.Layer):
+    """Projects x to per-head q, k, v, runs an attention kernel, and projects the heads back.
+
+    The kernel is named (`kernel="local"`, see `common.attention.register_kernel`) so that the layer's config
+    stays serialisable; `kernel_options` are passed to it (e.g. `{"block_size": 256}`). Families with stateful
+    kernels (routing) subclass this layer and override `attend`.
+
+    Args:
+      num_heads, key_dim: heads and per-head query/key width. value_dim: per-head value width (default key_dim).
+      kernel, kernel_options: the attention kernel and its options.
+      causal: autoregressive attention.
+      use_bias: biases on the q/k/v/output projections.
+      max_relative_position: > 0 adds Shaw relative key and value embeddings (tables shared across heads),
+        distances clipped at this value; the kernel must accept `relative_keys` / `relative_values`.
+      dropout: dropout on the attention probabilities, in training only.
+      kernel_initializer: initialiser of the q/k/v projections; output_initializer of the output one.
+      output_dim: width of the output; default the input width.
+    """
+
+    def __init__(self, num_heads, key_dim, value_dim=None, kernel="dense", kernel_options=None, causal=True,
+                 use_bias=False, max_relative_position=0, dropout=0.0, kernel_initializer="glorot_uniform",
+                 output_initializer=None, output_dim=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("num_heads", num_heads), ("key_dim", key_dim), ("value_dim", value_dim or key_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        get_kernel(kernel)  # Fails early, listing the registered kernels.
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.value_dim = value_dim or key_dim
+        self.kernel = kernel
+        self.kernel_options = dict(kernel_options or {})
+        self.causal = causal
+        self.use_bias = use_bias
+        self.max_relative_position = max_relative_position
+        self.dropout = dropout
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.output_initializer = keras.initializers.get(output_initializer or kernel_initializer)
+        self.output_dim = output_dim
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if dropout else None
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(f"SelfAttention expects inputs [batch, length, dim] with a known dim; got "
+                             f"{tuple(input_shape)}.")
+        dim = input_shape[-1]
+        heads = self.num_heads
+
+        def projection(name, shape, initializer):
+            kernel = self.add_weight(name=f"{name}_kernel", shape=shape, initializer=initializer)
+            bias = self.add_weight(name=f"{name}_bias", shape=shape[-1:] if name == "output" else shape[1:],
+                                   initializer="zeros") if self.use_bias else None
+            return kernel, bias
+
+        self.query = projection("query", (dim, heads, self.key_dim), self.kernel_initializer)
+        self.key = projection("key", (dim, heads, self.key_dim), self.kernel_initializer)
+        self.value = projection("value", (dim, heads, self.value_dim), self.kernel_initializer)
+        self.output_projection = projection("output", (heads, self.value_dim, self.output_dim or dim),
+                                            self.output_initializer)
+        self.relative_keys = self.relative_values = None
+        if self.max_relative_position:
+            rows = 2 * self.max_relative_position + 1
+            self.relative_keys = self.add_weight(name="relative_keys", shape=(rows, self.key_dim),
+                                                 initializer=self.kernel_initializer)
+            self.relative_values = self.add_weight(name="relative_values", shape=(rows, self.value_dim),
+                                                   initializer=self.kernel_initializer)
+
+    def project(self, x, weights):
+        """[batch, length, dim] -> [batch, heads, length, head_dim]."""
+        kernel, bias = weights
+        y = ops.einsum("bld,dhk->bhlk", x, kernel)
+        return y if bias is None else y + bias[None, :, None, :]
+
+    def attend(self, q, k, v, training=None):
+        """Runs the kernel on per-head q, k, v; subclasses with several kinds of heads override this."""
+        options = dict(self.kernel_options)
+        if self.relative_keys is not None:
+            options.update(relative_keys=self.relative_keys, relative_values=self.relative_values)
+        if training and self.dropout:
+            options.update(dropout_rate=self.dropout, seed=self.seed_generator)
+        return get_kernel(self.kernel)(q, k, v, causal=self.causal, **options)
+
+    def call(self, x, training=None):
+        q, k, v = (self.project(x, w) for w in (self.query, self.key, self.value))
+        heads = self.attend(q, k, v, training=training)
+        kernel, bias = self.output_projection
+        out = ops.einsum("bhld,hdo->blo", heads, kernel)
+        return out if bias is None else out + bias
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self.value_dim,
+                      kernel=self.kernel, kernel_options=self.kernel_options, causal=self.causal,
+                      use_bias=self.use_bias, max_relative_position=self.max_relative_position,
+                      dropout=self.dropout, output_dim=self.output_dim, seed=self.seed,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                      output_initializer=keras.initializers.serialize(self.output_initializer))
+        return config

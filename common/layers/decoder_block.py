@@ -1,0 +1,63 @@
+"""One Transformer decoder block: attention and feed-forward sub-layers with residuals, pre- or post-LN."""
+
+import keras
+
+from common.layers.normalization import LayerNorm
+from common.serialization import as_layer
+
+NORM_PLACEMENTS = ("pre", "post")
+
+
+@keras.saving.register_keras_serializable(package="common")
+class DecoderBlock(keras.layers.Layer):
+    """`x + drop(f(LN(x)))` per sub-layer (pre-LN) or `LN(x + drop(f(x)))` (post-LN, the original Transformer
+    and the Routing Transformer's T2T default).
+
+    Args:
+      attention: the attention layer (any `SelfAttention`-like layer mapping [b, l, d] -> [b, l, d]).
+      feed_forward: the feed-forward layer.
+      norm_placement: "pre" or "post".
+      norm_epsilon: LayerNorm epsilon.
+      dropout: residual dropout at the end of each sub-layer branch.
+    """
+
+    def __init__(self, attention, feed_forward, norm_placement="pre", norm_epsilon=1e-6, dropout=0.0,
+                 seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(f"unknown norm_placement {norm_placement!r}; choose one of {NORM_PLACEMENTS}.")
+        self.attention = as_layer(attention)
+        self.feed_forward = as_layer(feed_forward)
+        self.norm_placement = norm_placement
+        self.norm_epsilon = norm_epsilon
+        self.dropout = dropout
+        self.seed = seed
+        self.attention_norm = LayerNorm(norm_epsilon, name="attention_norm", dtype=self.dtype_policy)
+        self.feed_forward_norm = LayerNorm(norm_epsilon, name="feed_forward_norm", dtype=self.dtype_policy)
+        self.residual_dropout = keras.layers.Dropout(dropout, seed=seed)
+
+    def build(self, input_shape):
+        for layer in (self.attention_norm, self.attention, self.feed_forward_norm, self.feed_forward):
+            if not layer.built:
+                layer.build(input_shape)
+
+    def _sublayer(self, x, layer, norm, training):
+        if self.norm_placement == "pre":
+            return x + self.residual_dropout(layer(norm(x), training=training), training=training)
+        return norm(x + self.residual_dropout(layer(x, training=training), training=training))
+
+    def call(self, x, training=None):
+        x = self._sublayer(x, self.attention, self.attention_norm, training)
+        return self._sublayer(x, self.feed_forward, self.feed_forward_norm, training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(attention=keras.saving.serialize_keras_object(self.attention),
+                      feed_forward=keras.saving.serialize_keras_object(self.feed_forward),
+                      norm_placement=self.norm_placement, norm_epsilon=self.norm_epsilon, dropout=self.dropout,
+                      seed=self.seed)
+        return config
+

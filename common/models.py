@@ -1,0 +1,179 @@
+"""The decoder-only language model that every family plugs its attention into.
+
+A family's model is a preset of `DecoderLM` (which attention per layer, which defaults), not a second
+Transformer. The model predicts token t from tokens < t: it embeds the ids, shifts the embeddings right by
+one with a learned start vector, runs the blocks, and returns float32 logits [batch, length, vocabulary].
+So `model.fit(x=ids, y=ids)` trains it, and every position, the first included, is scored.
+"""
+
+import keras
+from keras import ops
+
+from common.layers import DecoderBlock, FactorizedPositionEmbedding, FeedForward, LayerNorm
+from common.serialization import fresh_copy
+
+
+@keras.saving.register_keras_serializable(package="common")
+class DecoderLM(keras.Model):
+    """Decoder-only Transformer LM with per-layer attention.
+
+    Args:
+      vocabulary_size: number of token ids.
+      num_layers, hidden_dim: depth and width.
+      attention: an attention layer (copied for every layer) or a list of `num_layers` attention layers
+        (e.g. local-only first layers, interleaved patterns). Serialised configs are accepted too.
+      ffn_dim, ffn_activation, ffn_use_bias, ffn_dropout: the feed-forward sub-layer (see `FeedForward`).
+      embedding_dim: token embedding width; when it differs from hidden_dim, a dense layer (with bias) maps
+        embeddings to hidden_dim and another maps the final hidden state back before the output head.
+      position_axes: None for no absolute positions (the Routing Transformer relies on relative attention),
+        or the axis sizes of a learned factorised position embedding, e.g. (max_length,), (32, 32, 3).
+      norm_placement: "pre" or "post" LayerNorm in the blocks; norm_epsilon its epsilon.
+      final_norm: LayerNorm after the last block; default True for pre-LN, False for post-LN.
+      dropout: residual dropout; input_dropout: dropout on the input embeddings.
+      tie_embeddings: the output head reuses the token embedding matrix.
+      output_bias: a bias on the output logits.
+      kernel_initializer: initialiser of feed-forward input projections; ffn_output_initializer of the
+        feed-forward output projection; embeddings_initializer of the token and position embeddings and the
+        start vector; logits_initializer of an untied output head.
+    """
+
+    def __init__(self, vocabulary_size, num_layers, hidden_dim, attention, ffn_dim, ffn_activation="gelu",
+                 ffn_use_bias=True, ffn_dropout=0.0, embedding_dim=None, position_axes=None,
+                 norm_placement="pre", norm_epsilon=1e-6, final_norm=None, dropout=0.0, input_dropout=0.0,
+                 tie_embeddings=False, output_bias=True, kernel_initializer="glorot_uniform",
+                 ffn_output_initializer=None, embeddings_initializer="glorot_uniform",
+                 logits_initializer="glorot_uniform", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("vocabulary_size", vocabulary_size), ("num_layers", num_layers),
+                            ("hidden_dim", hidden_dim), ("ffn_dim", ffn_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        attention_list = list(attention) if isinstance(attention, (list, tuple)) else [attention] * num_layers
+        if len(attention_list) != num_layers:
+            raise ValueError(f"attention must be one layer or a list of num_layers={num_layers} layers; got "
+                             f"{len(attention_list)}.")
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.hidden_dim = hidden_dim
+        self.ffn_dim = ffn_dim
+        self.ffn_activation = ffn_activation
+        self.ffn_use_bias = ffn_use_bias
+        self.ffn_dropout = ffn_dropout
+        self.embedding_dim = embedding_dim or hidden_dim
+        self.position_axes = tuple(position_axes) if position_axes else None
+        self.norm_placement = norm_placement
+        self.norm_epsilon = norm_epsilon
+        self.final_norm = (norm_placement == "pre") if final_norm is None else final_norm
+        self.dropout = dropout
+        self.input_dropout = input_dropout
+        self.tie_embeddings = tie_embeddings
+        self.output_bias = output_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.ffn_output_initializer = keras.initializers.get(ffn_output_initializer or kernel_initializer)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.logits_initializer = keras.initializers.get(logits_initializer)
+        self.seed = seed
+
+        self.token_embedding = keras.layers.Embedding(vocabulary_size, self.embedding_dim, name="token_embedding",
+                                                      embeddings_initializer=self.embeddings_initializer,
+                                                      dtype=self.dtype_policy)
+        self.embedding_projection = self.output_projection = None
+        if self.embedding_dim != hidden_dim:
+            self.embedding_projection = keras.layers.Dense(hidden_dim, name="embedding_projection",
+                                                           dtype=self.dtype_policy)
+            self.output_projection = keras.layers.Dense(self.embedding_dim, name="output_projection",
+                                                        dtype=self.dtype_policy)
+        self.position_embedding = None
+        if self.position_axes:
+            self.position_embedding = FactorizedPositionEmbedding(self.position_axes, name="position_embedding",
+                                                                  initializer=self.embeddings_initializer,
+                                                                  dtype=self.dtype_policy)
+        self.input_dropout_layer = keras.layers.Dropout(input_dropout, seed=seed)
+        self.blocks = [
+            DecoderBlock(
+                fresh_copy(layer, f"attention_{i}"),
+                FeedForward(ffn_dim, ffn_activation, use_bias=ffn_use_bias, dropout=ffn_dropout,
+                            kernel_initializer=self.kernel_initializer,
+                            output_initializer=self.ffn_output_initializer, name=f"feed_forward_{i}",
+                            dtype=self.dtype_policy),
+                norm_placement=norm_placement, norm_epsilon=norm_epsilon, dropout=dropout, name=f"block_{i}",
+                dtype=self.dtype_policy)
+            for i, layer in enumerate(attention_list)]
+        self.final_norm_layer = LayerNorm(norm_epsilon, name="final_norm",
+                                          dtype=self.dtype_policy) if self.final_norm else None
+        self.logits_layer = None
+        if not tie_embeddings:
+            self.logits_layer = keras.layers.Dense(vocabulary_size, use_bias=output_bias, name="logits",
+                                                   kernel_initializer=self.logits_initializer,
+                                                   dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(f"DecoderLM expects token ids [batch, length]; got shape {tuple(input_shape)}.")
+        batch, length = input_shape
+        self.token_embedding.build(input_shape)
+        self.start = self.add_weight(name="start", shape=(self.embedding_dim,),
+                                     initializer=self.embeddings_initializer)
+        hidden_shape = (batch, length, self.hidden_dim)
+        if self.embedding_projection is not None:
+            self.embedding_projection.build((batch, length, self.embedding_dim))
+            self.output_projection.build(hidden_shape)
+        if self.position_embedding is not None:
+            self.position_embedding.build(hidden_shape)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        if self.final_norm_layer is not None:
+            self.final_norm_layer.build(hidden_shape)
+        self.output_bias_weight = None
+        if self.logits_layer is not None:
+            self.logits_layer.build((batch, length, self.embedding_dim))
+        elif self.output_bias:
+            self.output_bias_weight = self.add_weight(name="output_bias", shape=(self.vocabulary_size,),
+                                                      initializer="zeros")
+
+    def embed(self, token_ids):
+        """Token embeddings shifted right by one, the learned start vector first: position t sees ids < t."""
+        x = self.token_embedding(token_ids)
+        start = ops.broadcast_to(ops.cast(self.start, x.dtype), (ops.shape(x)[0], 1, self.embedding_dim))
+        return ops.concatenate([start, x[:, :-1]], axis=1)
+
+    def call(self, token_ids, training=None):
+        if len(token_ids.shape) != 2:
+            raise ValueError(f"DecoderLM expects token ids [batch, length]; got shape {tuple(token_ids.shape)}.")
+        x = self.embed(token_ids)
+        if self.embedding_projection is not None:
+            x = self.embedding_projection(x)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(x)
+        x = self.input_dropout_layer(x, training=training)
+        for block in self.blocks:
+            x = block(x, training=training)
+        if self.final_norm_layer is not None:
+            x = self.final_norm_layer(x)
+        if self.output_projection is not None:
+            x = self.output_projection(x)
+        if self.logits_layer is not None:
+            return ops.cast(self.logits_layer(x), "float32")
+        logits = ops.matmul(ops.cast(x, "float32"),
+                            ops.transpose(ops.cast(self.token_embedding.embeddings, "float32")))
+        return logits if self.output_bias_weight is None else logits + self.output_bias_weight
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.vocabulary_size,)
+
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.initializers.serialize
+        config.update(
+            vocabulary_size=self.vocabulary_size, num_layers=self.num_layers, hidden_dim=self.hidden_dim,
+            attention=[keras.saving.serialize_keras_object(block.attention) for block in self.blocks],
+            ffn_dim=self.ffn_dim, ffn_activation=self.ffn_activation, ffn_use_bias=self.ffn_use_bias,
+            ffn_dropout=self.ffn_dropout, embedding_dim=self.embedding_dim,
+            position_axes=list(self.position_axes) if self.position_axes else None,
+            norm_placement=self.norm_placement, norm_epsilon=self.norm_epsilon, final_norm=self.final_norm,
+            dropout=self.dropout, input_dropout=self.input_dropout, tie_embeddings=self.tie_embeddings,
+            output_bias=self.output_bias, kernel_initializer=serialize(self.kernel_initializer),
+            ffn_output_initializer=serialize(self.ffn_output_initializer),
+            embeddings_initializer=serialize(self.embeddings_initializer),
+            logits_initializer=serialize(self.logits_initializer), seed=self.seed)
+        return config

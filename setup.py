@@ -1,0 +1,33 @@
+"""Installs the efficient-attention model zoo: `common` and the three family packages."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "tensorflow==2.21.*",
+    "keras==3.15.*",
+    "tensorflow-text==2.21.*",
+    "tensorflow-datasets==4.9.*",
+    "tensorboard==2.21.*",
+    "absl-py>=2.1,<3",
+    "gin-config==0.5.0",
+    # TFDS needs it to prepare builders defined inside a package (tensorflow/datasets#11212).
+    "importlib_resources>=6",
+    "numpy>=1.26,<3",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+    "bench": ["matplotlib>=3.8,<4", "psutil>=5.9"],
+}
+
+setuptools.setup(
+    name="efficient-attention-zoo",
+    version="0.1.0",
+    description="Routing Transformer, Sparse Transformer and Combiner for TensorFlow 2 / Keras 3.",
+    python_requires=">=3.10,<3.14",
+    packages=setuptools.find_packages(include=["common", "common.*", "routing_transformer",
+                                               "routing_transformer.*", "sparse_transformer",
+                                               "sparse_transformer.*", "combiner", "combiner.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
