@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from common.layers import DecoderBlock, FactorizedPositionEmbedding, FeedForward, LayerNorm
-from common.serialization import fresh_copy
+from common.serialization import fresh_copy, fresh_initializer
 
 
 @keras.saving.register_keras_serializable(package="common")
@@ -74,9 +74,9 @@ class DecoderLM(keras.Model):
         self.logits_initializer = keras.initializers.get(logits_initializer)
         self.seed = seed
 
-        self.token_embedding = keras.layers.Embedding(vocabulary_size, self.embedding_dim, name="token_embedding",
-                                                      embeddings_initializer=self.embeddings_initializer,
-                                                      dtype=self.dtype_policy)
+        self.token_embedding = keras.layers.Embedding(
+            vocabulary_size, self.embedding_dim, name="token_embedding", dtype=self.dtype_policy,
+            embeddings_initializer=fresh_initializer(self.embeddings_initializer))
         self.embedding_projection = self.output_projection = None
         if self.embedding_dim != hidden_dim:
             self.embedding_projection = keras.layers.Dense(hidden_dim, name="embedding_projection",
@@ -104,7 +104,7 @@ class DecoderLM(keras.Model):
         self.logits_layer = None
         if not tie_embeddings:
             self.logits_layer = keras.layers.Dense(vocabulary_size, use_bias=output_bias, name="logits",
-                                                   kernel_initializer=self.logits_initializer,
+                                                   kernel_initializer=fresh_initializer(self.logits_initializer),
                                                    dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -113,7 +113,7 @@ class DecoderLM(keras.Model):
         batch, length = input_shape
         self.token_embedding.build(input_shape)
         self.start = self.add_weight(name="start", shape=(self.embedding_dim,),
-                                     initializer=self.embeddings_initializer)
+                                     initializer=fresh_initializer(self.embeddings_initializer))
         hidden_shape = (batch, length, self.hidden_dim)
         if self.embedding_projection is not None:
             self.embedding_projection.build((batch, length, self.embedding_dim))

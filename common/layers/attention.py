@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from common.attention import get_kernel
+from common.serialization import fresh_initializer
 
 
 @keras.saving.register_keras_serializable(package="common")
@@ -57,7 +58,8 @@ class SelfAttention(keras.layers.Layer):
         heads = self.num_heads
 
         def projection(name, shape, initializer):
-            kernel = self.add_weight(name=f"{name}_kernel", shape=shape, initializer=initializer)
+            kernel = self.add_weight(name=f"{name}_kernel", shape=shape,
+                                     initializer=fresh_initializer(initializer))
             bias = self.add_weight(name=f"{name}_bias", shape=shape[-1:] if name == "output" else shape[1:],
                                    initializer="zeros") if self.use_bias else None
             return kernel, bias
@@ -71,9 +73,9 @@ class SelfAttention(keras.layers.Layer):
         if self.max_relative_position:
             rows = 2 * self.max_relative_position + 1
             self.relative_keys = self.add_weight(name="relative_keys", shape=(rows, self.key_dim),
-                                                 initializer=self.kernel_initializer)
+                                                 initializer=fresh_initializer(self.kernel_initializer))
             self.relative_values = self.add_weight(name="relative_values", shape=(rows, self.value_dim),
-                                                   initializer=self.kernel_initializer)
+                                                   initializer=fresh_initializer(self.kernel_initializer))
 
     def project(self, x, weights):
         """[batch, length, dim] -> [batch, heads, length, head_dim]."""

@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from common.serialization import fresh_initializer
+
 
 def gelu_tanh(x):
     return 0.5 * x * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
@@ -63,7 +65,8 @@ class FeedForward(keras.layers.Layer):
             raise ValueError(f"FeedForward needs a known last dimension; got input shape {input_shape}.")
         out_dim = self.output_dim or dim
         dense = lambda units, init, name: keras.layers.Dense(units, use_bias=self.use_bias, name=name,
-                                                              kernel_initializer=init, dtype=self.dtype_policy)
+                                                              kernel_initializer=fresh_initializer(init),
+                                                              dtype=self.dtype_policy)
         self.inner = dense(self.hidden_dim, self.kernel_initializer, "inner")
         self.inner.build(input_shape)
         self.gate = None

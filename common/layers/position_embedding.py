@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from common.serialization import fresh_initializer
+
 
 @keras.saving.register_keras_serializable(package="common")
 class FactorizedPositionEmbedding(keras.layers.Layer):
@@ -26,7 +28,8 @@ class FactorizedPositionEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         dim = input_shape[-1]
-        self.tables = [self.add_weight(name=f"axis_{i}", shape=(size, dim), initializer=self.initializer)
+        self.tables = [self.add_weight(name=f"axis_{i}", shape=(size, dim),
+                                      initializer=fresh_initializer(self.initializer))
                        for i, size in enumerate(self.axis_sizes)]
 
     def call(self, x, offset=0):
