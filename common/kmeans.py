@@ -1,0 +1,119 @@
+"""Online k-means with EMA centroids, as the Routing Transformer's `online_kmeans` defines it.
+
+Centroids are per head, `[heads, clusters, dim]`, non-trainable, and updated in the forward pass only when
+`training=True`:
+
+    count_hc   = number of tokens of head h whose nearest centroid (largest dot product) is c
+    sum_hc     = sum of those tokens' vectors
+    ema_count <- decay * ema_count + (1 - decay) * count
+    ema_sum   <- decay * ema_sum + (1 - decay) * sum
+    smoothed   = (ema_count + eps) / (n + clusters * eps) * n,  n = sum_c ema_count   (Laplace smoothing)
+    centroids <- ema_sum / smoothed
+
+Inputs are expected to be normalised already (scale-free layer norm, `common.layers.layer_norm`), as the
+original does; all-zero vectors (padding) are not counted. Counts are kept per head: the original sums a
+`[batch, heads, length, clusters]` one-hot through a reshape to `[-1, heads, clusters]` without a transpose,
+which mixes the counts of different heads when there is more than one; here each head counts its own tokens.
+`count` and `sum` are sums over the batch, so a distribution strategy all-reduces them by summing before the
+EMA (see `statistics` and `apply_statistics`).
+"""
+
+import keras
+from keras import ops
+
+from common.layers.normalization import layer_norm
+
+
+@keras.saving.register_keras_serializable(package="common")
+class OnlineKMeans(keras.layers.Layer):
+    """Per-head centroids with EMA updates and the commitment loss.
+
+    Args:
+      num_heads, num_clusters: centroid grid; the dimension comes from the input at build time.
+      decay: EMA decay (the Routing Transformer's hparam is 0.999).
+      beta: weight of the commitment loss `beta * mean((x - stop_gradient(nearest centroid))^2)`.
+      epsilon: Laplace smoothing of the counts (1e-5 in the original).
+      seed: seed of the initial centroids, `layer_norm(normal())` as in the original.
+    """
+
+    def __init__(self, num_heads, num_clusters, decay=0.999, beta=1e-4, epsilon=1e-5, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("num_heads", num_heads), ("num_clusters", num_clusters)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1); got {decay!r}.")
+        self.num_heads = num_heads
+        self.num_clusters = num_clusters
+        self.decay = decay
+        self.beta = beta
+        self.epsilon = epsilon
+        self.seed = seed
+
+    def build(self, input_shape):
+        """input_shape: [batch, heads, length, dim] (or any shape ending in dim)."""
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(f"OnlineKMeans needs a known last dimension; got input shape {input_shape}.")
+        shape = (self.num_heads, self.num_clusters, dim)
+        initial = layer_norm(keras.random.normal(shape, seed=self.seed))
+        self.centroids = self.add_weight(name="centroids", shape=shape, trainable=False,
+                                         initializer=lambda *_, **__: initial)
+        self.ema_sum = self.add_weight(name="ema_sum", shape=shape, trainable=False,
+                                       initializer=lambda *_, **__: initial)
+        self.ema_count = self.add_weight(name="ema_count", shape=shape[:2], trainable=False,
+                                         initializer="zeros")
+
+    def scores(self, x):
+        """Dot products with the centroids: [batch, heads, length, dim] -> [batch, heads, length, clusters]."""
+        return ops.einsum("bhld,hcd->bhlc", x, ops.stop_gradient(ops.cast(self.centroids, x.dtype)))
+
+    def nearest(self, x):
+        """Index of the nearest centroid (largest dot product) of every vector, [batch, heads, length]."""
+        return ops.argmax(self.scores(x), axis=-1)
+
+    def commitment_loss(self, x, assignment):
+        """beta * mean((x - stop_gradient(centroid[assignment]))^2): gradients reach x, never the centroids."""
+        one_hot = ops.one_hot(ops.cast(assignment, "int32"), self.num_clusters, dtype="float32")
+        chosen = ops.einsum("bhlc,hcd->bhld", one_hot, ops.cast(self.centroids, "float32"))
+        return self.beta * ops.mean(ops.square(ops.cast(x, "float32") - ops.stop_gradient(chosen)))
+
+    def statistics(self, x, assignment):
+        """Per-head (count [heads, clusters], sum [heads, clusters, dim]) of this batch; sum these across
+        replicas before `apply_statistics`."""
+        x = ops.stop_gradient(ops.cast(x, "float32"))
+        one_hot = ops.one_hot(ops.cast(assignment, "int32"), self.num_clusters)
+        one_hot = one_hot * ops.cast(ops.any(ops.not_equal(x, 0.0), axis=-1), "float32")[..., None]
+        return ops.sum(one_hot, axis=(0, 2)), ops.einsum("bhlc,bhld->hcd", one_hot, x)
+
+    def apply_statistics(self, count, total):
+        """The EMA step and the centroid assignment."""
+        ema_count = self.decay * self.ema_count + (1.0 - self.decay) * count
+        ema_sum = self.decay * self.ema_sum + (1.0 - self.decay) * total
+        n = ops.sum(ema_count, axis=-1, keepdims=True)
+        smoothed = (ema_count + self.epsilon) / (n + self.num_clusters * self.epsilon) * n
+        self.ema_count.assign(ema_count)
+        self.ema_sum.assign(ema_sum)
+        self.centroids.assign(ema_sum / smoothed[..., None])
+
+    def update(self, x, assignment):
+        """One EMA step from a batch of vectors and their assignment (single replica)."""
+        self.apply_statistics(*self.statistics(x, assignment))
+
+    def call(self, x, training=None):
+        """Assigns `x` [batch, heads, length, dim] to centroids, updates them when training, and adds the
+        commitment loss. Returns the assignment [batch, heads, length]."""
+        assignment = self.nearest(x)
+        self.add_loss(self.commitment_loss(x, assignment))  # Against the centroids x was assigned to.
+        if training:
+            self.update(x, assignment)
+        return assignment
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_heads=self.num_heads, num_clusters=self.num_clusters, decay=self.decay,
+                      beta=self.beta, epsilon=self.epsilon, seed=self.seed)
+        return config

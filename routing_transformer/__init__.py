@@ -1,0 +1,6 @@
+"""The Routing Transformer (Roy et al., TACL 2021) on the zoo's shared layers."""
+
+from routing_transformer.attention import RoutingAttention, routing_attention
+from routing_transformer.model import RoutingTransformerLM
+
+__all__ = ["RoutingAttention", "RoutingTransformerLM", "routing_attention"]

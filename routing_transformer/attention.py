@@ -1,0 +1,324 @@
+"""Routing attention (Roy et al., 2021): queries and keys routed to clusters by online k-means, attention
+inside each cluster; and the Routing Transformer's attention layer (routing heads + local heads).
+
+The kernel follows the authors' `clustered_local_attention_helper`:
+1. With `share_qk` the keys are the queries (the routing heads reuse the query projection).
+2. q and k are layer-normalised without gain or bias, so logits are LN(q) . LN(k) with no 1/sqrt(d)
+   temperature (`scale=1.0`), as in the original.
+3. Balanced routing: every cluster takes the `window` tokens with the largest dot product with its centroid
+   (top-k over positions), sorted by position. A token can be in 0, 1 or several clusters.
+4. Inside a cluster, attention is causal by position; relative positions are ranks inside the window.
+5. Outputs are scattered back and a token's outputs from several clusters are averaged. A token routed to no
+   cluster gets a zero output from the routing heads (in the layer, the local heads still serve it).
+
+Balanced top-k membership is decided with the whole sequence, so the original is not strictly causal: a
+later token can push an earlier one out of a cluster. `routing="causal"` is this zoo's strictly causal
+alternative (nearest-centroid membership, a sliding window over each cluster's members); see
+`routing_attention`.
+
+Differences from the original, on purpose: the scatter divides by the exact count (the original divides by
+count + 0.01, shrinking every output by 1/1.01); the causal mask compares positions, which equals the
+original's rank mask with `share_qk` and stays exactly causal without it (where the rank mask leaks).
+
+Cost: scores are [length, clusters]; attention is clusters x window^2 = O(length x window) for
+clusters x window ~ length. No length x length tensor.
+"""
+
+import keras
+from keras import ops
+
+from common.attention import checks, get_kernel, local_attention, register_kernel, relative
+from common.attention.softmax import masked_softmax
+from common.kmeans import OnlineKMeans
+from common.layers import SelfAttention, layer_norm
+from common.serialization import fresh_initializer
+
+
+def _check_routing_inputs(q, k, centroids, window, share_qk, require_coverage):
+    if share_qk and k is not None and k is not q:
+        raise ValueError("share_qk=True routes the keys with the queries (k = q); pass k=None or k=q, or set "
+                         "share_qk=False to use different keys.")
+    checks.check_positive_int("window", window)
+    if len(centroids.shape) != 3:
+        raise ValueError(f"centroids must be [heads, clusters, key_dim]; got shape {tuple(centroids.shape)}.")
+    heads, clusters, dim = centroids.shape
+    if (q.shape[1] is not None and q.shape[1] != heads) or (q.shape[-1] is not None and q.shape[-1] != dim):
+        raise ValueError(f"centroids {tuple(centroids.shape)} do not match q {tuple(q.shape)}: need heads "
+                         f"{q.shape[1]} and key_dim {q.shape[-1]}.")
+    length = q.shape[2]
+    if length is not None and window > length:
+        raise ValueError(f"window {window} is larger than the sequence length {length}; use a window <= length.")
+    if require_coverage and length is not None and clusters * window < length:
+        raise ValueError(f"clusters x window = {clusters} x {window} = {clusters * window} does not cover the "
+                         f"sequence length {length}; raise num_clusters or window.")
+
+
+def _gather(x, flat_index, shape):
+    """Rows of x [b, h, l, d] at flat indices (into b*h*l) -> shape + [d]."""
+    rows = ops.take(ops.reshape(x, (-1, x.shape[-1])), ops.reshape(flat_index, (-1,)), axis=0)
+    return ops.reshape(rows, tuple(shape) + (x.shape[-1],))
+
+
+ROUTINGS = ("balanced", "causal")
+
+
+def routing_attention(q, k, v, *, centroids, window, causal=True, share_qk=True, routing="balanced", scale=1.0,
+                      relative_keys=None, relative_values=None, dropout_rate=0.0, seed=None,
+                      require_coverage=False):
+    """Attention inside k-means clusters.
+
+    Args:
+      q: [batch, heads, length, key_dim]. k: the same, or None with `share_qk`. v: [batch, heads, length,
+        value_dim].
+      centroids: [heads, clusters, key_dim]; they receive no gradient.
+      window: tokens per cluster (the original's `sparsity_cluster_attention_window`).
+      causal: a query sees only keys at positions <= its own.
+      share_qk: keys are the queries (needed for exact balance of queries and keys; the original default).
+      routing: "balanced", the original: each cluster takes its `window` nearest tokens by top-k over the
+        whole sequence. Membership is decided with all tokens, so a later token can push an earlier one out
+        of a cluster: with `causal` the attention inside clusters is causal, but the model is not strictly
+        causal (the authors' code has the same leak). "causal": each token joins its nearest centroid's
+        cluster and attends to itself and the `window - 1` previous members of that cluster (and the
+        `window - 1` next ones when not causal); membership depends only on the token itself, so the model
+        is strictly causal. Needs `share_qk`.
+      scale: logits multiplier after the normalisation; 1.0 in the original.
+      relative_keys, relative_values: Shaw tables [2m + 1, dim] over rank distances inside a cluster.
+      dropout_rate, seed: dropout on the attention probabilities.
+      require_coverage: raise unless clusters x window >= length.
+
+    Returns:
+      (out [batch, heads, length, value_dim], aux) where aux holds the normalised `queries` and `keys`
+      [batch, heads, length, key_dim] and their nearest-centroid `query_assignment` / `key_assignment`
+      [batch, heads, length], for the k-means update and the commitment loss.
+    """
+    if routing not in ROUTINGS:
+        raise ValueError(f"unknown routing {routing!r}; choose one of {ROUTINGS}.")
+    if routing == "causal" and not share_qk:
+        raise ValueError("routing='causal' needs share_qk=True (queries and keys share one cluster order).")
+    _check_routing_inputs(q, k, centroids, window, share_qk, require_coverage)
+    k = q if share_qk else k
+    checks.check_qkv(q, k, v)
+    checks.check_self_attention(q, k)
+    relative.check_relative_tables(relative_keys, relative_values, q.shape[-1], v.shape[-1])
+    centroids = ops.stop_gradient(ops.cast(centroids, q.dtype))
+    queries = layer_norm(q)
+    keys = queries if share_qk else layer_norm(k)
+    q_scores = ops.einsum("bhld,hcd->bhcl", queries, centroids)
+    k_scores = q_scores if share_qk else ops.einsum("bhld,hcd->bhcl", keys, centroids)
+    aux = {
+        "queries": queries,
+        "keys": keys,
+        "query_assignment": ops.argmax(q_scores, axis=2),
+        "key_assignment": ops.argmax(k_scores, axis=2),
+    }
+    options = dict(window=window, causal=causal, scale=scale, relative_keys=relative_keys,
+                   relative_values=relative_values, dropout_rate=dropout_rate, seed=seed)
+    if routing == "causal":
+        return _sorted_cluster_attention(queries, v, aux["query_assignment"], **options), aux
+    return _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, **options), aux
+
+
+def _flat_offsets(x):
+    """Offsets that turn per-sequence positions of x [b, h, length, ...] into rows of the flattened x."""
+    batch, heads, length = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+    return ((ops.arange(batch)[:, None] * heads + ops.arange(heads)[None, :]) * length)[:, :, None]
+
+
+def _scatter_mean(values, rows, like):
+    """Scatters values [b, h, ..., d] to the flat rows of `like` [b, h, length, d] and averages duplicates;
+    rows that receive nothing are zero."""
+    shape = ops.shape(like)
+    num_rows = shape[0] * shape[1] * shape[2]
+    rows = ops.reshape(rows, (-1,))
+    total = ops.segment_sum(ops.reshape(values, (-1, values.shape[-1])), rows, num_segments=num_rows)
+    count = ops.segment_sum(ops.ones_like(rows, dtype=values.dtype), rows, num_segments=num_rows)
+    out = total / ops.maximum(count, 1)[:, None]
+    return ops.reshape(out, (shape[0], shape[1], shape[2], values.shape[-1]))
+
+
+def _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, *, window, causal, scale,
+                                relative_keys, relative_values, dropout_rate, seed):
+    """The original's routing: the top-`window` tokens of each cluster, attended inside the cluster."""
+    batch, heads = ops.shape(queries)[0], ops.shape(queries)[1]
+    clusters = q_scores.shape[2]
+
+    def route(scores):
+        """Positions of the `window` members of every cluster, sorted: [batch, heads, clusters, window]."""
+        _, members = ops.top_k(ops.stop_gradient(scores), window, sorted=False)
+        return ops.sort(ops.cast(members, "int32"), axis=-1)
+
+    q_members = route(q_scores)
+    k_members = q_members if share_qk else route(k_scores)
+    offsets = _flat_offsets(queries)[..., None]
+    cluster_shape = (batch, heads, clusters, window)
+    q_rows, k_rows = q_members + offsets, k_members + offsets
+    q_c = _gather(queries, q_rows, cluster_shape)
+    k_c = q_c if share_qk else _gather(keys, k_rows, cluster_shape)
+    v_c = _gather(v, k_rows, cluster_shape)
+
+    logits = ops.cast(ops.einsum("bhcqd,bhckd->bhcqk", q_c, k_c), "float32")
+    ranks = ops.arange(window)[None, :] - ops.arange(window)[:, None]
+    if relative_keys is not None:
+        rel_k = ops.cast(relative.relative_embeddings(relative_keys, ranks), q_c.dtype)
+        logits = logits + ops.cast(ops.einsum("bhcqd,qkd->bhcqk", q_c, rel_k), "float32")
+    keep = k_members[:, :, :, None, :] <= q_members[:, :, :, :, None] if causal else None
+    weights = ops.cast(masked_softmax(logits * scale, keep, dropout_rate, seed), v.dtype)
+    out_c = ops.einsum("bhcqk,bhckd->bhcqd", weights, v_c)
+    if relative_values is not None:
+        rel_v = ops.cast(relative.relative_embeddings(relative_values, ranks), v.dtype)
+        out_c = out_c + ops.einsum("bhcqk,qkd->bhcqd", weights, rel_v)
+    return _scatter_mean(out_c, q_rows, v)
+
+
+def _sorted_cluster_attention(queries, v, assignment, *, window, causal, scale, relative_keys,
+                              relative_values, dropout_rate, seed):
+    """Causal routing: sort tokens by (cluster, position); a sliding window of `window` members over the
+    sorted sequence, restricted to the same cluster, is then local attention with segment ids."""
+    length = ops.shape(queries)[2]
+    assignment = ops.cast(assignment, "int32")
+    order = ops.cast(ops.argsort(assignment * length + ops.arange(length)[None, None, :], axis=-1), "int32")
+    rows = order + _flat_offsets(queries)
+    sorted_shape = tuple(ops.shape(order))
+    sorted_out = local_attention(
+        _gather(queries, rows, sorted_shape), _gather(queries, rows, sorted_shape), _gather(v, rows, sorted_shape),
+        block_size=window, look_back=1, look_ahead=None if not causal else 0, causal=causal, scale=scale,
+        relative_keys=relative_keys, relative_values=relative_values,
+        segment_ids=ops.take_along_axis(assignment, order, axis=-1), max_distance=window,
+        dropout_rate=dropout_rate, seed=seed)
+    return _scatter_mean(sorted_out, rows, v)
+
+
+@keras.saving.register_keras_serializable(package="routing_transformer")
+class RoutingAttention(SelfAttention):
+    """The Routing Transformer's self-attention: `routing_heads` routing heads, then `local_heads` local heads.
+
+    Heads are ordered routing first, local last, as the original splits and concatenates them. After the
+    heads, one d_head x d_head matrix shared by all heads is applied to each head (`head_projection`, the
+    original's per-head dense), then the output projection. Projections have no biases.
+
+    Args:
+      local_heads, routing_heads: heads of each kind (either may be 0).
+      key_dim, value_dim: per-head widths.
+      num_clusters, window: k-means clusters and tokens per cluster of the routing heads.
+      block_size, look_back: the local heads' query block and previous blocks seen (original: query_shape,
+        memory_flange / query_shape).
+      share_qk: routing heads use the queries as keys.
+      routing: "balanced" (the original's top-k membership) or "causal" (strictly causal); see
+        `routing_attention`.
+      max_relative_position: clipping distance of the relative tables; 0 for none.
+      local_relative, routing_relative: which heads use relative positions (separate tables).
+      decay, beta: k-means EMA decay and commitment-loss weight.
+      require_coverage: raise unless num_clusters x window >= length.
+      head_projection: apply the original's shared per-head d_head x d_head matrix.
+    """
+
+    def __init__(self, local_heads, routing_heads, key_dim, num_clusters=1, window=1, value_dim=None,
+                 block_size=256, look_back=1, share_qk=True, routing="balanced", causal=True,
+                 max_relative_position=0,
+                 local_relative=True, routing_relative=True, decay=0.999, beta=1e-4, require_coverage=False,
+                 head_projection=True, dropout=0.0, kernel_initializer="glorot_uniform",
+                 output_initializer=None, output_dim=None, seed=None, **kwargs):
+        for name, value in (("local_heads", local_heads), ("routing_heads", routing_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer; got {value!r}.")
+        kwargs.pop("num_heads", None)
+        kwargs.pop("kernel", None)
+        kwargs.pop("kernel_options", None)
+        kwargs.pop("use_bias", None)
+        super().__init__(num_heads=local_heads + routing_heads, key_dim=key_dim, value_dim=value_dim,
+                         kernel="local", kernel_options={"block_size": block_size, "look_back": look_back},
+                         causal=causal, use_bias=False,
+                         max_relative_position=max_relative_position if local_relative else 0,
+                         dropout=dropout, kernel_initializer=kernel_initializer,
+                         output_initializer=output_initializer, output_dim=output_dim, seed=seed, **kwargs)
+        if routing not in ROUTINGS:
+            raise ValueError(f"unknown routing {routing!r}; choose one of {ROUTINGS}.")
+        if routing_heads:
+            checks.check_positive_int("num_clusters", num_clusters)
+            checks.check_positive_int("window", window)
+        self.local_heads = local_heads
+        self.routing_heads = routing_heads
+        self.num_clusters = num_clusters
+        self.window = window
+        self.block_size = block_size
+        self.look_back = look_back
+        self.share_qk = share_qk
+        self.routing = routing
+        self.routing_max_relative_position = max_relative_position
+        self.local_relative = local_relative
+        self.routing_relative = routing_relative
+        self.decay = decay
+        self.beta = beta
+        self.require_coverage = require_coverage
+        self.head_projection = head_projection
+        self.kmeans = OnlineKMeans(routing_heads, num_clusters, decay=decay, beta=beta, seed=seed,
+                                   name="kmeans") if routing_heads else None
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.routing_relative_keys = self.routing_relative_values = None
+        if self.routing_heads and self.routing_relative and self.routing_max_relative_position:
+            rows = 2 * self.routing_max_relative_position + 1
+            self.routing_relative_keys = self.add_weight(name="routing_relative_keys", shape=(rows, self.key_dim),
+                                                         initializer=fresh_initializer(self.kernel_initializer))
+            self.routing_relative_values = self.add_weight(name="routing_relative_values",
+                                                           shape=(rows, self.value_dim),
+                                                           initializer=fresh_initializer(self.kernel_initializer))
+        if self.kmeans is not None:
+            self.kmeans.build((None, self.routing_heads, None, self.key_dim))
+        self.head_kernel = None
+        if self.head_projection:
+            self.head_kernel = self.add_weight(name="head_kernel", shape=(self.value_dim, self.value_dim),
+                                               initializer=fresh_initializer(self.kernel_initializer))
+
+    def attend(self, q, k, v, training=None):
+        outputs = []
+        dropout = dict(dropout_rate=self.dropout, seed=self.seed_generator) if training and self.dropout else {}
+        if self.routing_heads:
+            r = self.routing_heads
+            routed, aux = routing_attention(
+                q[:, :r], None if self.share_qk else k[:, :r], v[:, :r], centroids=self.kmeans.centroids,
+                window=self.window, causal=self.causal, share_qk=self.share_qk, routing=self.routing,
+                relative_keys=self.routing_relative_keys, relative_values=self.routing_relative_values,
+                require_coverage=self.require_coverage, **dropout)
+            # As the original: one term for the queries and one for the keys (twice the same with share_qk).
+            self.add_loss(self.kmeans.commitment_loss(aux["queries"], aux["query_assignment"]) +
+                          self.kmeans.commitment_loss(aux["keys"], aux["key_assignment"]))
+            if training:
+                vectors, assignment = aux["queries"], aux["query_assignment"]
+                if not self.share_qk:
+                    vectors = ops.concatenate([vectors, aux["keys"]], axis=2)
+                    assignment = ops.concatenate([assignment, aux["key_assignment"]], axis=2)
+                self.kmeans.update(vectors, assignment)
+            outputs.append(routed)
+        if self.local_heads:
+            options = dict(self.kernel_options, **dropout)
+            if self.relative_keys is not None:
+                options.update(relative_keys=self.relative_keys, relative_values=self.relative_values)
+            outputs.append(get_kernel("local")(q[:, self.routing_heads:], k[:, self.routing_heads:],
+                                               v[:, self.routing_heads:], causal=self.causal, **options))
+        heads = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
+        if self.head_kernel is not None:
+            heads = ops.einsum("bhld,de->bhle", heads, self.head_kernel)
+        return heads
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("num_heads", "kernel", "kernel_options", "use_bias", "max_relative_position"):
+            config.pop(key)
+        config.update(local_heads=self.local_heads, routing_heads=self.routing_heads,
+                      num_clusters=self.num_clusters, window=self.window, block_size=self.block_size,
+                      look_back=self.look_back, share_qk=self.share_qk, routing=self.routing,
+                      max_relative_position=self.routing_max_relative_position,
+                      local_relative=self.local_relative, routing_relative=self.routing_relative,
+                      decay=self.decay, beta=self.beta, require_coverage=self.require_coverage,
+                      head_projection=self.head_projection)
+        return config
+
+
+def _routing_kernel(q, k, v, **options):
+    """`routing_attention` without its auxiliary outputs, for the kernel registry and effective matrices."""
+    return routing_attention(q, k, v, **options)[0]
+
+
+register_kernel("routing", _routing_kernel)

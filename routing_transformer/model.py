@@ -1,0 +1,86 @@
+"""`RoutingTransformerLM`: the authors' `sparse_transformer_local` hyperparameter family as a `DecoderLM` preset.
+
+What the preset fixes, following the released code (reference notes, section 1): post-LN blocks
+(`x = LN(x + dropout(f(x)))`, epsilon 1e-6, residual dropout 0.1), no final norm, GEGLU feed-forward without
+biases (ReLU with biases for the image configs), no absolute positions (relative attention only, unless
+`position_axes` is given), an embedding size that may differ from the hidden size with dense maps on both
+sides, an untied output layer with bias, `variance_scaling(0.2, fan_avg, uniform)` initialisation, and
+per-layer attention: the first `skip_first` layers use local heads only (local + routing heads count), the
+others `local_heads` local heads plus `routing_heads` routing heads.
+"""
+
+import keras
+
+from common.models import DecoderLM
+from routing_transformer.attention import RoutingAttention
+
+
+def default_initializer():
+    return keras.initializers.VarianceScaling(scale=0.2, mode="fan_avg", distribution="uniform")
+
+
+@keras.saving.register_keras_serializable(package="routing_transformer")
+class RoutingTransformerLM(DecoderLM):
+    """Decoder-only Routing Transformer language model.
+
+    Defaults are those of `sparse_transformer_local` (4096 tokens, 24 layers of width 512, 8 local heads,
+    GEGLU 2048, max relative position 1024); set `routing_heads`, `num_clusters` and `window` for routing.
+    `routing="balanced"` is the original's top-k routing, which is not strictly causal (see
+    `routing_attention`); `routing="causal"` is strictly causal. `block_size` and `look_back` are the local
+    heads' query block and the number of previous blocks they see (the original's `query_shape` and
+    `memory_flange / query_shape`).
+    """
+
+    def __init__(self, vocabulary_size=256, num_layers=24, hidden_dim=512, embedding_dim=None, ffn_dim=2048,
+                 ffn_activation="geglu", ffn_use_bias=None, local_heads=8, routing_heads=0, num_clusters=1,
+                 window=1, block_size=256, look_back=1, share_qk=True, routing="balanced",
+                 max_relative_position=1024,
+                 local_relative=True, routing_relative=True, skip_first=0, dropout=0.1, attention_dropout=0.0,
+                 ffn_dropout=0.0, input_dropout=0.0, norm_epsilon=1e-6, decay=0.999, beta=1e-4,
+                 require_coverage=False, position_axes=None, initializer=None, seed=None, **kwargs):
+        num_heads = local_heads + routing_heads
+        if num_heads < 1 or hidden_dim % num_heads:
+            raise ValueError(f"hidden_dim {hidden_dim} must be divisible by local_heads + routing_heads = "
+                             f"{num_heads} (> 0).")
+        if not 0 <= skip_first <= num_layers:
+            raise ValueError(f"skip_first must be in [0, num_layers={num_layers}]; got {skip_first}.")
+        initializer = keras.initializers.get(initializer or default_initializer())
+        ffn_use_bias = ffn_activation != "geglu" if ffn_use_bias is None else ffn_use_bias
+        self.preset = dict(
+            vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=hidden_dim,
+            embedding_dim=embedding_dim, ffn_dim=ffn_dim, ffn_activation=ffn_activation,
+            ffn_use_bias=ffn_use_bias, local_heads=local_heads, routing_heads=routing_heads,
+            num_clusters=num_clusters, window=window, block_size=block_size, look_back=look_back,
+            share_qk=share_qk, routing=routing, max_relative_position=max_relative_position,
+            local_relative=local_relative, routing_relative=routing_relative, skip_first=skip_first, dropout=dropout,
+            attention_dropout=attention_dropout, ffn_dropout=ffn_dropout, input_dropout=input_dropout,
+            norm_epsilon=norm_epsilon, decay=decay, beta=beta, require_coverage=require_coverage,
+            position_axes=list(position_axes) if position_axes else None,
+            initializer=keras.initializers.serialize(initializer), seed=seed)
+        attention = []
+        for i in range(num_layers):
+            layer_routing_heads = routing_heads if i >= skip_first else 0
+            attention.append(RoutingAttention(
+                local_heads=num_heads - layer_routing_heads, routing_heads=layer_routing_heads,
+                key_dim=hidden_dim // num_heads,
+                num_clusters=num_clusters, window=window, block_size=block_size, look_back=look_back,
+                share_qk=share_qk, routing=routing, max_relative_position=max_relative_position,
+                local_relative=local_relative,
+                routing_relative=routing_relative, decay=decay, beta=beta, require_coverage=require_coverage,
+                dropout=attention_dropout, kernel_initializer=initializer,
+                seed=None if seed is None else seed + i))
+        super().__init__(
+            vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=hidden_dim, attention=attention,
+            ffn_dim=ffn_dim, ffn_activation=ffn_activation, ffn_use_bias=ffn_use_bias, ffn_dropout=ffn_dropout,
+            embedding_dim=embedding_dim, position_axes=position_axes, norm_placement="post",
+            norm_epsilon=norm_epsilon, final_norm=False, dropout=dropout, input_dropout=input_dropout,
+            tie_embeddings=False, output_bias=True, kernel_initializer=initializer,
+            embeddings_initializer=initializer, logits_initializer=initializer, seed=seed, **kwargs)
+
+    def routing_layers(self):
+        """The attention layers that have routing heads (their `kmeans` holds the centroids)."""
+        return [block.attention for block in self.blocks if block.attention.routing_heads]
+
+    def get_config(self):
+        base = super().get_config()
+        return dict({key: base[key] for key in ("name", "trainable", "dtype") if key in base}, **self.preset)

@@ -1,0 +1,145 @@
+"""RoutingTransformerLM: causality (what balanced and causal routing guarantee), k-means updates under a jit
+fit step, `.keras` round-trip, the preset config and argument checks."""
+
+import numpy as np
+import pytest
+
+import keras
+
+from common.metrics import LanguageModelLoss
+from routing_transformer.model import RoutingTransformerLM
+from tests.layer_checks import check_keras_round_trip
+
+VOCAB, LENGTH = 32, 32
+SMALL = dict(vocabulary_size=VOCAB, num_layers=3, skip_first=1, hidden_dim=32, embedding_dim=16, ffn_dim=32,
+             local_heads=2, routing_heads=2, num_clusters=4, window=8, block_size=8, max_relative_position=8,
+             seed=1)
+
+
+def _model(**overrides):
+    return RoutingTransformerLM(**dict(SMALL, **overrides))
+
+
+def _ids(seed, batch=3):
+    return np.random.default_rng(seed).integers(0, VOCAB, (batch, LENGTH)).astype(np.int32)
+
+
+def _future_changes(model, seed=0, positions=range(0, LENGTH - 2, 3)):
+    """For each t: the largest change of the logits at positions <= t + 1 when the ids after t are redrawn.
+
+    The logits at position p predict id p from ids < p, so they must not depend on ids > t for p <= t + 1
+    (one position more than "changing ids after t changes no logit at positions <= t")."""
+    ids = _ids(seed)
+    rng = np.random.default_rng(seed + 1)
+    base = np.asarray(model(ids, training=False))
+    changes = {}
+    for t in positions:
+        changed = ids.copy()
+        changed[:, t + 1:] = (ids[:, t + 1:] + rng.integers(1, VOCAB, ids[:, t + 1:].shape)) % VOCAB
+        out = np.asarray(model(changed, training=False))
+        changes[t] = float(np.abs(out[:, :t + 2] - base[:, :t + 2]).max())
+        assert np.abs(out[:, t + 2:] - base[:, t + 2:]).max() > 0, "the later logits must change"
+    return changes
+
+
+def test_causal_routing_model_is_strictly_causal():
+    # Earlier tokens keep their clusters; only where they sit in the sorted order (hence the summation order
+    # inside blocks) may move, so allow rounding. A leak through membership is ~1e-2 here.
+    changes = _future_changes(_model(routing="causal"))
+    assert all(change <= 1e-5 for change in changes.values()), changes
+
+
+def test_balanced_routing_is_causal_when_membership_cannot_change():
+    """window == length: every cluster holds every token whatever the ids, so membership is fixed and the
+    attention inside clusters is causal; the whole model then is."""
+    changes = _future_changes(_model(window=LENGTH))
+    assert all(change == 0.0 for change in changes.values()), changes
+
+
+def test_local_only_model_is_strictly_causal():
+    changes = _future_changes(_model(skip_first=3))
+    assert all(change == 0.0 for change in changes.values()), changes
+
+
+def test_balanced_routing_leaks_future_tokens_through_membership():
+    """The original's balanced routing (top-`window` tokens per cluster over the whole sequence) is not
+    strictly causal: later ids change which earlier tokens are routed together, so earlier logits change.
+    This pins down the documented behaviour; `routing="causal"` is the strictly causal option."""
+    keras.utils.set_random_seed(0)  # unseeded initialisers draw their seeds from Python's `random`
+    changes = _future_changes(_model())
+    leaks = [t for t, change in changes.items() if change > 1e-4]
+    assert len(leaks) >= len(changes) // 2, changes
+
+
+def _fit_once(model, ids):
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LanguageModelLoss(), jit_compile=True)
+    return model.fit(ids, ids, epochs=1, batch_size=len(ids), verbose=0)
+
+
+def test_jit_fit_step_moves_routing_centroids_and_round_trips():
+    model = _model()
+    ids = _ids(3)
+    model(ids)
+    routing = model.routing_layers()
+    assert [layer.name for layer in routing] == ["attention_1", "attention_2"]
+    assert model.blocks[0].attention.kmeans is None and model.blocks[0].attention.routing_heads == 0
+    assert model.blocks[0].attention.local_heads == 4
+    assert not model.blocks[0].attention.non_trainable_weights
+    before = [np.array(layer.kmeans.centroids) for layer in routing]
+    trainable_before = [np.array(w) for w in model.trainable_weights]
+    history = _fit_once(model, ids)
+    assert np.isfinite(history.history["loss"][0])
+    for layer, b in zip(routing, before):
+        assert not np.allclose(np.asarray(layer.kmeans.centroids), b)
+    assert any(not np.array_equal(b, np.asarray(w)) for b, w in zip(trainable_before, model.trainable_weights))
+    # Round trip after training, so that the centroids differ from a fresh model's.
+    restored = check_keras_round_trip(model, ids)
+    for layer, loaded in zip(routing, restored.routing_layers()):
+        for name in ("centroids", "ema_sum", "ema_count"):
+            np.testing.assert_array_equal(np.asarray(getattr(loaded.kmeans, name)),
+                                          np.asarray(getattr(layer.kmeans, name)))
+    fresh = _model()
+    fresh(ids)
+    assert not np.allclose(np.asarray(fresh.routing_layers()[0].kmeans.centroids),
+                           np.asarray(routing[0].kmeans.centroids))
+
+
+def test_fit_loss_includes_commitment_losses():
+    model = _model(beta=1.0, dropout=0.0)
+    ids = _ids(4)
+    logits = np.asarray(model(ids, training=False))
+    commitment = float(sum(model.losses))
+    assert len(model.losses) == 2 and commitment > 1e-2
+    cross_entropy = float(LanguageModelLoss()(ids, logits))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=LanguageModelLoss(), jit_compile=True)
+    history = model.fit(ids, ids, epochs=1, batch_size=len(ids), verbose=0)
+    np.testing.assert_allclose(history.history["loss"][0], cross_entropy + commitment, rtol=1e-5)
+
+
+def test_preset_config_round_trips():
+    model = _model(routing="causal", decay=0.99, beta=0.5, share_qk=True, dropout=0.2)
+    config = model.get_config()
+    clone = RoutingTransformerLM.from_config(config)
+    assert clone.get_config() == config
+    for key, value in dict(SMALL, routing="causal", decay=0.99, beta=0.5, dropout=0.2).items():
+        assert config[key] == value, key
+    attention = [block.attention for block in clone.blocks]
+    assert [(a.local_heads, a.routing_heads) for a in attention] == [(4, 0), (2, 2), (2, 2)]
+    assert all(a.routing == "causal" and a.window == 8 and a.num_clusters == 4 for a in attention)
+
+
+def test_weights_are_not_initialised_to_copies_of_each_other():
+    """Distinct weights of one shape must not start identical (a reused seeded initialiser does that)."""
+    model = _model()
+    model(_ids(5))
+    kernels = [(w.path, np.asarray(w)) for w in model.trainable_weights if len(w.shape) >= 2]
+    identical = [(a, b) for i, (a, x) in enumerate(kernels) for b, y in kernels[i + 1:]
+                 if x.shape == y.shape and np.array_equal(x, y)]
+    assert identical == [], f"{len(identical)} pairs of identical initial weights, e.g. {identical[:4]}"
+
+
+@pytest.mark.parametrize("kwargs", [dict(hidden_dim=30), dict(local_heads=3, routing_heads=2, hidden_dim=32),
+                                    dict(skip_first=4), dict(skip_first=-1), dict(local_heads=0, routing_heads=0)])
+def test_invalid_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        _model(**kwargs)
