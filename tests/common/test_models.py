@@ -1,0 +1,266 @@
+"""DecoderLM: causality, training, .keras round-trip, tied embeddings, options, errors, auxiliary losses."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from common.layers import SelfAttention
+from common.metrics import BitsPerToken, LanguageModelLoss
+from common.models import DecoderLM
+from tests.layer_checks import check_keras_round_trip
+
+VOCAB, HIDDEN, FFN = 11, 16, 24
+AUX_LOSS = 5.0
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class AuxLossAttention(SelfAttention):
+    """Dense attention that adds a known constant auxiliary loss every call (like routing's commitment loss)."""
+
+    def attend(self, q, k, v, training=None):
+        self.add_loss(ops.convert_to_tensor(AUX_LOSS, "float32"))
+        return super().attend(q, k, v, training=training)
+
+
+def _local_relative():
+    return SelfAttention(num_heads=2, key_dim=4, kernel="local", kernel_options={"block_size": 4},
+                         max_relative_position=3)
+
+
+def _dense():
+    return SelfAttention(num_heads=2, key_dim=4)
+
+
+def _model(attention=None, num_layers=2, seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    attention = [_local_relative(), _dense()] if attention is None else attention
+    return DecoderLM(vocabulary_size=VOCAB, num_layers=num_layers, hidden_dim=HIDDEN, attention=attention,
+                     ffn_dim=FFN, **kwargs)
+
+
+def _ids(seed=0, batch=2, length=24):
+    return np.random.default_rng(seed).integers(0, VOCAB, size=(batch, length)).astype(np.int32)
+
+
+def _logits(model, ids):
+    return np.asarray(model(ids, training=False))
+
+
+@pytest.mark.parametrize("norm_placement", ["pre", "post"])
+def test_causality_of_the_whole_model(norm_placement):
+    model = _model(norm_placement=norm_placement, position_axes=(32,))
+    ids = _ids()
+    logits = _logits(model, ids)
+    assert logits.shape == (2, 24, VOCAB) and logits.dtype == np.float32
+    rng = np.random.default_rng(1)
+    for t in [0, 1, 3, 4, 7, 12, 22, 23]:
+        changed = ids.copy()
+        # Change every token from t on (token t itself included): logits[t] predicts token t from ids < t.
+        changed[:, t:] = (ids[:, t:] + rng.integers(1, VOCAB, size=ids[:, t:].shape)) % VOCAB
+        new = _logits(model, changed)
+        np.testing.assert_allclose(new[:, :t + 1], logits[:, :t + 1], rtol=1e-5, atol=1e-5, err_msg=f"t={t}")
+        if t + 1 < 24:
+            # Token t is seen by the very next position.
+            assert not np.allclose(new[:, t + 1], logits[:, t + 1], atol=1e-4), t
+
+
+def test_only_token_t_changed_affects_later_logits_only():
+    model = _model()
+    ids = _ids(seed=2)
+    logits = _logits(model, ids)
+    for t in [0, 5, 23]:
+        changed = ids.copy()
+        changed[:, t] = (ids[:, t] + 1) % VOCAB
+        new = _logits(model, changed)
+        np.testing.assert_allclose(new[:, :t + 1], logits[:, :t + 1], rtol=1e-5, atol=1e-5)
+
+
+def test_first_position_is_predicted_from_the_start_vector():
+    model = _model()
+    ids = _ids(seed=3)
+    logits = _logits(model, ids)
+    np.testing.assert_allclose(logits[0, 0], logits[1, 0], rtol=1e-5, atol=1e-6)  # no token seen yet
+    # A random change (a constant shift would be removed by the LayerNorms).
+    model.start.assign(np.random.default_rng(0).standard_normal(model.start.shape).astype(np.float32))
+    assert not np.allclose(_logits(model, ids)[:, 0], logits[:, 0], atol=1e-4)
+
+
+def test_fit_with_jit_lowers_the_loss():
+    model = _model(position_axes=(16,))
+    pattern = np.array([3, 1, 4, 1, 5, 9, 2, 6], np.int32)
+    rng = np.random.default_rng(4)
+    ids = np.stack([np.roll(np.tile(pattern, 2), -rng.integers(0, 8)) for _ in range(16)]).astype(np.int32)
+    # Plain SGD: XLA compiles its update much faster than Adam's on CPU.
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=LanguageModelLoss(), metrics=[BitsPerToken()],
+                  jit_compile=True)
+    history = model.fit(ids, ids, batch_size=8, epochs=8, verbose=0).history
+    losses, bits = history["loss"], history["bits_per_token"]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.5 * losses[0], losses
+    # Bits per token is the same cross-entropy in base 2 (no ignored tokens, equal batches).
+    np.testing.assert_allclose(np.array(bits) * np.log(2), losses, rtol=1e-3)
+    evaluated = model.evaluate(ids, ids, batch_size=8, verbose=0, return_dict=True)
+    assert evaluated["loss"] < losses[0]
+
+
+def test_keras_round_trip_gives_identical_logits():
+    model = _model(position_axes=(4, 8), norm_placement="post", ffn_activation="gelu_sigmoid")
+    ids = _ids(seed=5)
+    model(ids)
+    restored = check_keras_round_trip(model, ids)
+    assert type(restored) is DecoderLM
+    assert [b.attention.kernel for b in restored.blocks] == ["local", "dense"]
+    assert restored.blocks[0].attention.max_relative_position == 3
+
+
+def test_tied_embeddings():
+    ids = _ids(seed=6)
+    untied, tied = _model(), _model(tie_embeddings=True)
+    untied(ids)
+    logits = _logits(tied, ids)
+    assert tied.logits_layer is None and untied.logits_layer is not None
+    assert "logits" not in [layer.name for layer in tied.layers]
+    assert "logits" in [layer.name for layer in untied.layers]
+    # The untied model has a [hidden, vocab] kernel where the tied one has a [vocab] output bias only.
+    assert len(untied.weights) == len(tied.weights) + 1
+    n_params = lambda m: sum(int(np.prod(w.shape)) for w in m.weights)
+    assert n_params(untied) - n_params(tied) == HIDDEN * VOCAB
+    # logits = final hidden state @ embeddings^T + output bias.
+    tied.output_bias_weight.assign(np.linspace(-1, 1, VOCAB).astype(np.float32))
+    x = tied.embed(ids)
+    for block in tied.blocks:
+        x = block(x)
+    hidden = np.asarray(tied.final_norm_layer(x))
+    expected = hidden @ np.asarray(tied.token_embedding.embeddings).T + np.linspace(-1, 1, VOCAB)
+    np.testing.assert_allclose(_logits(tied, ids), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(_logits(tied, ids), logits, atol=1e-4)  # the bias is used
+    restored = check_keras_round_trip(tied, ids)
+    assert restored.logits_layer is None
+
+
+def test_tied_embeddings_without_output_bias():
+    model = _model(tie_embeddings=True, output_bias=False)
+    model(_ids())
+    assert model.output_bias_weight is None and not any("bias" == w.name for w in model.weights
+                                                         if "output" in w.path)
+
+
+def test_embedding_dim_differs_from_hidden_dim():
+    ids = _ids(seed=7)
+    for tie in (False, True):
+        model = _model(embedding_dim=6, tie_embeddings=tie)
+        logits = _logits(model, ids)
+        assert logits.shape == (2, 24, VOCAB)
+        assert tuple(model.token_embedding.embeddings.shape) == (VOCAB, 6)
+        assert tuple(model.embedding_projection.kernel.shape) == (6, HIDDEN)
+        assert tuple(model.output_projection.kernel.shape) == (HIDDEN, 6)
+        if not tie:
+            assert tuple(model.logits_layer.kernel.shape) == (6, VOCAB)
+        check_keras_round_trip(model, ids)
+    same = _model()
+    same(ids)
+    assert same.embedding_projection is None and same.output_projection is None
+
+
+def test_position_axes():
+    ids = _ids(seed=8)
+    model = _model(attention=_dense(), position_axes=(4, 8))
+    logits = _logits(model, ids)
+    tables = model.position_embedding.tables
+    assert [tuple(t.shape) for t in tables] == [(4, HIDDEN), (8, HIDDEN)]
+    # Positions are used: changing a table changes the logits.
+    tables[1].assign(np.random.default_rng(0).standard_normal(tables[1].shape).astype(np.float32))
+    assert not np.allclose(_logits(model, ids), logits, atol=1e-4)
+    with pytest.raises(ValueError, match="exceeds"):
+        model(_ids(length=33))
+    assert _model(attention=_dense()).position_embedding is None
+
+
+def test_dense_model_without_positions_ignores_order_of_the_prefix():
+    # One dense layer without positions or relative attention: the last position (input ids[8], shifted)
+    # attends to a bag of keys, so permuting ids[:8] leaves its logits unchanged. With positions, it does not.
+    ids = _ids(seed=9, batch=1, length=10)
+    permuted = ids.copy()
+    permuted[0, :8] = ids[0, :8][::-1]
+    assert not np.array_equal(permuted, ids)
+    bag = _model(attention=_dense(), num_layers=1)
+    np.testing.assert_allclose(_logits(bag, permuted)[:, -1], _logits(bag, ids)[:, -1], rtol=1e-4, atol=1e-5)
+    positional = _model(attention=_dense(), num_layers=1, position_axes=(10,))
+    assert not np.allclose(_logits(positional, permuted)[:, -1], _logits(positional, ids)[:, -1], atol=1e-4)
+
+
+def test_final_norm_defaults():
+    ids = _ids()
+    post = _model(norm_placement="post")
+    post(ids)
+    assert post.final_norm is False and post.final_norm_layer is None
+    assert "final_norm" not in [w.path.split("/")[0] for w in post.weights]
+    pre = _model(norm_placement="pre")
+    pre(ids)
+    assert pre.final_norm is True and pre.final_norm_layer is not None
+    post_with = _model(norm_placement="post", final_norm=True)
+    post_with(ids)
+    assert post_with.final_norm_layer is not None and len(post_with.weights) == len(post.weights) + 2
+    assert all(b.norm_placement == "post" for b in post.blocks)
+    check_keras_round_trip(post, ids)
+
+
+def test_one_attention_layer_is_copied_per_block():
+    model = _model(attention=_local_relative(), num_layers=3)
+    model(_ids())
+    attentions = [block.attention for block in model.blocks]
+    assert len({id(a) for a in attentions}) == 3
+    assert [a.name for a in attentions] == ["attention_0", "attention_1", "attention_2"]
+    weights = [np.asarray(a.query[0]) for a in attentions]
+    assert not np.allclose(weights[0], weights[1])  # independently initialised
+    assert model.get_config()["attention"][2]["config"]["kernel"] == "local"
+
+
+@pytest.mark.parametrize("attention_count", [1, 3])
+def test_wrong_number_of_attention_layers_raises(attention_count):
+    with pytest.raises(ValueError, match="num_layers=2"):
+        _model(attention=[_dense() for _ in range(attention_count)], num_layers=2)
+
+
+@pytest.mark.parametrize("name", ["vocabulary_size", "num_layers", "hidden_dim", "ffn_dim"])
+@pytest.mark.parametrize("value", [0, -2])
+def test_non_positive_sizes_raise(name, value):
+    kwargs = dict(vocabulary_size=VOCAB, num_layers=1, hidden_dim=HIDDEN, attention=_dense(), ffn_dim=FFN)
+    kwargs[name] = value
+    with pytest.raises(ValueError, match=name):
+        DecoderLM(**kwargs)
+
+
+def test_token_ids_of_rank_three_raise():
+    model = _model()
+    with pytest.raises(ValueError, match=r"\[batch, length\]"):
+        model(np.zeros((2, 3, 4), np.int32))
+    model(_ids())
+    with pytest.raises(ValueError, match=r"\[batch, length\]"):
+        model(np.zeros((2, 3, 4), np.int32))
+
+
+def test_auxiliary_losses_are_added_to_the_training_loss():
+    ids = _ids(seed=10, batch=4, length=12)
+    aux = _model(attention=AuxLossAttention(num_heads=2, key_dim=4))
+    plain = _model(attention=_dense())
+    aux(ids)
+    plain(ids)
+    plain.set_weights(aux.get_weights())
+    np.testing.assert_allclose(_logits(aux, ids), _logits(plain, ids), rtol=1e-6)
+    loss = LanguageModelLoss()
+    results = {}
+    for name, model in (("aux", aux), ("plain", plain)):
+        model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss, jit_compile=True)
+        y_pred = model(ids, training=True)
+        assert len(model.losses) == (2 if name == "aux" else 0)
+        computed = float(model.compute_loss(x=ids, y=ids, y_pred=y_pred, training=True))
+        fitted = model.fit(ids, ids, batch_size=4, epochs=1, verbose=0).history["loss"][0]
+        results[name] = computed, fitted
+    base = float(loss(ids, _logits(plain, ids)))
+    np.testing.assert_allclose(results["plain"], [base, base], rtol=1e-5)
+    np.testing.assert_allclose(results["aux"], [base + 2 * AUX_LOSS] * 2, rtol=1e-5)
+    # The auxiliary layer survives a .keras round trip.
+    restored = check_keras_round_trip(aux, ids)
+    assert type(restored.blocks[0].attention) is AuxLossAttention
