@@ -13,6 +13,8 @@ INSTALL_REQUIRES = [
     # TFDS needs it to prepare builders defined inside a package (tensorflow/datasets#11212).
     "importlib_resources>=6",
     "numpy>=1.26,<3",
+    # Trains the subword vocabularies of PG-19, Wiki-40B and wikitext-103 (tensorflow-text runs them).
+    "sentencepiece==0.2.*",
 ]
 
 EXTRAS_REQUIRE = {
