@@ -4,7 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast bench-attention clean
+TORCH_VENV := .venv-torch
+TORCH_STAMP := $(TORCH_VENV)/.installed
+
+.PHONY: install test test-fast demo bench-setup bench-attention bench-routing clean
 
 install: $(STAMP)
 
@@ -14,14 +17,29 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e ".[test,bench]"
 	touch $(STAMP)
 
+demo: install
+	$(PY) -m common.demo
+
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
 test-fast: install
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" tests
 
+# The PyTorch peer (lucidrains' routing-transformer) lives in its own environment.
+bench-setup: install $(TORCH_STAMP)
+
+$(TORCH_STAMP):
+	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TORCH_VENV)/bin/python -m pip install --quiet "torch==2.13.0+cpu" "routing-transformer==1.6.1" numpy
+	touch $(TORCH_STAMP)
+
+bench-routing: bench-setup
+	$(PY) -m benchmarks.routing
+
 bench-attention: install
 	$(PY) -m benchmarks.attention
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(TORCH_VENV) build *.egg-info

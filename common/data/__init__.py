@@ -20,14 +20,14 @@ from common.data.enwik8 import Enwik8
 from common.data.errors import DatasetNotPreparedError
 from common.data.local_text import LocalText, LocalTextConfig, local_text_config, split_for_path
 from common.data.pipelines import (DataInfo, dataset_info, evaluation_units, make_dataset,
-                                   make_tokenizer)
+                                   make_tokenizer, raw_split)
 from common.data.tokenizers import (ByteTokenizer, ImageTokenizer, SentencePieceTokenizer,
                                     flatten_image, train_sentencepiece)
 from common.data.wikitext103 import Wikitext103
 
 __all__ = [
     "DATASETS", "TOKENIZERS", "DataInfo", "DatasetNotPreparedError", "dataset_info",
-    "make_dataset", "evaluation_units", "make_tokenizer", "ByteTokenizer",
+    "make_dataset", "evaluation_units", "make_tokenizer", "raw_split", "ByteTokenizer",
     "SentencePieceTokenizer", "ImageTokenizer", "flatten_image", "train_sentencepiece",
     "LocalText", "LocalTextConfig", "local_text_config", "split_for_path", "Enwik8",
     "Wikitext103",

@@ -121,6 +121,15 @@ def _open(name, *, data_dir, tokenizer, local_text_dir, manual_dir) -> _Source:
     return _Source(spec, tokenizer, root, builder)
 
 
+def raw_split(name: str, split: str, *, data_dir: str | None = None, local_text_dir: str | None = None,
+              manual_dir: str | None = None) -> tf.data.Dataset:
+    """The split's raw examples in stored order (text: tf.string documents; images: uint8 [H, W, C]), e.g. for
+    a compression baseline on the same held-out bytes."""
+    source = _open(name, data_dir=data_dir, tokenizer=None, local_text_dir=local_text_dir,
+                   manual_dir=manual_dir)
+    return source.read(split)
+
+
 def sentencepiece_model_path(source: _Source, vocabulary_size: int) -> str:
     """``<data_dir>/<name>[/<config>]/spm_<vocabulary_size>.model``."""
     return os.path.join(sources.cache_dir(source.builder, source.data_dir),

@@ -1,0 +1,49 @@
+"""Learning-rate schedules of the three papers, as Keras schedules (serialisable, usable in tf.function)."""
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="common")
+class RsqrtDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """The Routing Transformer's `constant * rsqrt_normalized_decay`: constant * sqrt(warmup) / sqrt(max(step,
+    warmup)); flat for `warmup_steps`, then 1/sqrt decay (no warm-up ramp, as in the original)."""
+
+    def __init__(self, constant=0.01, warmup_steps=10000):
+        self.constant = constant
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        step = ops.maximum(ops.cast(step, "float32"), float(self.warmup_steps))
+        return self.constant * math.sqrt(self.warmup_steps) * ops.rsqrt(step)
+
+    def get_config(self):
+        return {"constant": self.constant, "warmup_steps": self.warmup_steps}
+
+
+@keras.saving.register_keras_serializable(package="common")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay to `peak * final_fraction` at
+    `total_steps` (the Sparse Transformer and Combiner schedules)."""
+
+    def __init__(self, peak=3e-4, warmup_steps=1000, total_steps=100000, final_fraction=0.0):
+        if total_steps <= warmup_steps:
+            raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps}).")
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.final_fraction = final_fraction
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup = self.peak * step / max(self.warmup_steps, 1)
+        progress = ops.clip((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        decayed = self.peak * (self.final_fraction + (1.0 - self.final_fraction) * cosine)
+        return ops.where(step < self.warmup_steps, warmup, decayed)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                "final_fraction": self.final_fraction}

@@ -1,0 +1,356 @@
+"""Train and evaluate any zoo model from gin files.
+
+    python -m common.train --gin_file=gin_configs/quickstart.gin --model_dir=DIR [--gin_param=...]
+    python -m common.train --gin_file=... --model_dir=DIR --mode=eval
+
+Training resumes from the latest checkpoint in `model_dir` with the same step, optimizer state and data
+position (the tf.data iterator is part of the checkpoint). Checkpoints are written by
+`tf.train.CheckpointManager` (files first, then the atomic update of the `checkpoint` index), with
+`operative_config.gin` beside them. Bad input (missing gin file, unknown binding, unprepared dataset,
+checkpoint of another model shape, a sequence length the attention cannot take) ends with a one-line error
+and a non-zero exit code, and never overwrites a checkpoint.
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from common import data
+from common.configurables import register_configurables
+from common.metrics import token_cross_entropy
+
+GIN_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+MODES = ("train", "eval", "train_and_eval")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line of `python -m common.train` (defined only when it runs, so others can import us)."""
+    flags.DEFINE_multi_string("gin_file", [], "Gin files; `include` paths resolve against gin_configs/.")
+    flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. 'Experiment.train_steps = 10'.")
+    flags.DEFINE_string("model_dir", None, "Directory of checkpoints, summaries and the operative config.")
+    flags.DEFINE_enum("mode", "train", MODES, "train, eval, or train_and_eval.")
+    flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
+
+
+class UserError(Exception):
+    """A problem with the user's input; reported as one line."""
+
+
+@gin.configurable(module="train")
+@dataclasses.dataclass
+class Experiment:
+    """What to train and how. Every field is bindable from gin as `Experiment.<field>`.
+
+    model: a model class or factory (e.g. `@routing_transformer.RoutingTransformerLM`), called with
+      `vocabulary_size` from the dataset.
+    optimizer: an optimizer class (e.g. `@keras.optimizers.Adafactor`), called with `learning_rate`.
+    learning_rate: a number or a schedule (e.g. `@common.RsqrtDecay()`).
+    data_options: extra keyword arguments of `common.data.make_dataset` (tokenizer, local_text_dir, ...).
+    eval_batches: evaluate on this many batches; None covers the whole split (needed for per-byte/per-word
+      metrics).
+    """
+
+    model: Optional[Callable] = None
+    dataset: str = "local_text"
+    sequence_length: int = 1024
+    batch_size: int = 8
+    train_steps: int = 1000
+    optimizer: Callable = keras.optimizers.Adam
+    learning_rate: Any = 1e-3
+    clip_norm: Optional[float] = None
+    log_every: int = 20
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    eval_split: str = "validation"
+    eval_batches: Optional[int] = None
+    jit_compile: bool = True
+    seed: int = 0
+    data_dir: Optional[str] = None
+    data_options: dict = dataclasses.field(default_factory=dict)
+
+
+def parse_config(gin_files, gin_params):
+    """Parses gin files and bindings; one-line `UserError` for a missing file or a bad binding."""
+    register_configurables()
+    gin.add_config_file_search_path(GIN_CONFIGS)
+    for path in gin_files:
+        if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_CONFIGS, path)):
+            raise UserError(f"gin file {path!r} does not exist (looked in . and {GIN_CONFIGS}).")
+    resolved = [p if os.path.exists(p) else os.path.join(GIN_CONFIGS, p) for p in gin_files]
+    try:
+        with quiet_gin_search():
+            gin.parse_config_files_and_bindings(resolved, gin_params, finalize_config=True, skip_unknown=False)
+    except (ValueError, KeyError, SyntaxError, IOError) as error:
+        raise UserError(f"bad gin configuration: {_first_line(error)}") from error
+    try:
+        experiment = Experiment()
+    except (ValueError, TypeError) as error:
+        raise UserError(f"bad gin configuration: {_first_line(error)}") from error
+    if experiment.model is None:
+        raise UserError("no model configured: bind `Experiment.model = @<family>.<Model>` in a gin file.")
+    return experiment
+
+
+@contextlib.contextmanager
+def quiet_gin_search():
+    """Gin logs an error for every search path where an `include` is not found before the one where it is;
+    real failures still raise."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def make_dataset(experiment, split, training):
+    try:
+        return data.make_dataset(experiment.dataset, split, sequence_length=experiment.sequence_length,
+                                 batch_size=experiment.batch_size, training=training,
+                                 data_dir=experiment.data_dir, seed=experiment.seed, **experiment.data_options)
+    except data.DatasetNotPreparedError as error:
+        raise UserError(_first_line(error)) from error
+
+
+def build_model(experiment):
+    """Creates the model for the dataset's vocabulary and builds it at the training sequence length."""
+    info = data.dataset_info(experiment.dataset, data_dir=experiment.data_dir,
+                             **{k: v for k, v in experiment.data_options.items()
+                                if k in ("tokenizer", "vocabulary_size")})
+    keras.utils.set_random_seed(experiment.seed)
+    try:
+        model = experiment.model(vocabulary_size=info.vocabulary_size)
+        model(tf.zeros([1, experiment.sequence_length], tf.int32))
+    except ValueError as error:
+        raise UserError(f"the model cannot take sequence_length={experiment.sequence_length}: "
+                        f"{_first_line(error)}") from error
+    return model, info
+
+
+def make_checkpoint(model, optimizer, step, iterator, directory, keep):
+    objects = dict(model=model, optimizer=optimizer, step=step)
+    if iterator is not None:
+        objects["iterator"] = iterator
+    checkpoint = tf.train.Checkpoint(**objects)
+    return checkpoint, tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
+
+
+def restore(checkpoint, manager):
+    """Restores the latest checkpoint; `UserError` if it belongs to a model of another shape."""
+    if manager.latest_checkpoint is None:
+        return False
+    try:
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    except (ValueError, tf.errors.InvalidArgumentError) as error:
+        raise UserError(f"{manager.latest_checkpoint} holds a different model ({_first_line(error)}); use "
+                        f"another --model_dir or the gin config it was trained with.") from error
+    return True
+
+
+def write_atomically(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def loss_and_metrics(model, batch, training):
+    """Cross-entropy over the batch's weighted tokens, plus the layers' auxiliary losses in training."""
+    ids, weights = batch["token_ids"], batch["weights"]
+    logits = model(ids, training=training)
+    nats, _ = token_cross_entropy(ids, logits)
+    total = tf.reduce_sum(nats * weights)
+    count = tf.reduce_sum(weights)
+    cross_entropy = total / tf.maximum(count, 1.0)
+    auxiliary = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
+    return cross_entropy + auxiliary, {"cross_entropy": cross_entropy, "total_nats": total, "tokens": count}
+
+
+def make_train_step(model, optimizer, clip_norm, jit_compile):
+    @tf.function(jit_compile=jit_compile)
+    def train_step(batch):
+        with tf.GradientTape() as tape:
+            loss, metrics = loss_and_metrics(model, batch, training=True)
+        grads = tape.gradient(loss, model.trainable_variables)
+        if clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+        optimizer.apply(grads, model.trainable_variables)
+        return dict(metrics, loss=loss)
+
+    return train_step
+
+
+def routing_statistics(model):
+    """Cluster-size statistics of every k-means layer: the largest and smallest EMA cluster fractions."""
+    stats = {}
+    for i, block in enumerate(getattr(model, "blocks", [])):
+        kmeans = getattr(block.attention, "kmeans", None)
+        if kmeans is None:
+            continue
+        counts = tf.convert_to_tensor(kmeans.ema_count)
+        fractions = counts / tf.maximum(tf.reduce_sum(counts, axis=-1, keepdims=True), 1e-9)
+        stats[f"routing/layer_{i}/largest_cluster_fraction"] = tf.reduce_max(fractions)
+        stats[f"routing/layer_{i}/smallest_cluster_fraction"] = tf.reduce_min(fractions)
+    return stats
+
+
+def _duration(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train(experiment, model_dir):
+    """Trains to `experiment.train_steps`, resuming from the latest checkpoint in model_dir."""
+    model, _ = build_model(experiment)
+    learning_rate = experiment.learning_rate
+    optimizer = experiment.optimizer(learning_rate=learning_rate)
+    optimizer.build(model.trainable_variables)
+    iterator = iter(make_dataset(experiment, "train", training=True))
+    step = tf.Variable(0, dtype=tf.int64, name="step")
+    checkpoint, manager = make_checkpoint(model, optimizer, step, iterator, os.path.join(model_dir, "checkpoints"),
+                                          experiment.keep_checkpoints)
+    if restore(checkpoint, manager):
+        print(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}", flush=True)
+    train_step = make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+    start_step, start_time = int(step.numpy()), time.time()
+    window_tokens, window_time = 0.0, time.time()
+    while int(step.numpy()) < experiment.train_steps:
+        metrics = train_step(next(iterator))
+        step.assign_add(1)
+        current = int(step.numpy())
+        window_tokens += experiment.batch_size * experiment.sequence_length
+        if current % experiment.log_every == 0 or current == experiment.train_steps:
+            elapsed = time.time() - window_time
+            tokens_per_second = window_tokens / max(elapsed, 1e-9)
+            done = current - start_step
+            remaining = (time.time() - start_time) / max(done, 1) * (experiment.train_steps - current)
+            bits = float(metrics["cross_entropy"]) / math.log(2.0)
+            lr = learning_rate(current) if callable(learning_rate) else learning_rate
+            print(f"step {current}/{experiment.train_steps}  loss {float(metrics['loss']):.4f}  "
+                  f"bits/token {bits:.4f}  tokens/s {tokens_per_second:,.0f}  "
+                  f"time left {_duration(remaining)}", flush=True)
+            with writer.as_default(step=current):
+                tf.summary.scalar("loss", metrics["loss"])
+                tf.summary.scalar("bits_per_token", bits)
+                tf.summary.scalar("learning_rate", float(lr))
+                tf.summary.scalar("tokens_per_second", tokens_per_second)
+                for name, value in routing_statistics(model).items():
+                    tf.summary.scalar(name, value)
+            window_tokens, window_time = 0.0, time.time()
+        if current % experiment.checkpoint_every == 0 or current == experiment.train_steps:
+            save(manager, model_dir, current)
+    writer.flush()
+    return model
+
+
+def save(manager, model_dir, step):
+    manager.save(checkpoint_number=step)
+    write_atomically(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
+
+
+def evaluate(experiment, model_dir):
+    """Evaluates the latest checkpoint on `experiment.eval_split`; writes eval_results.json and summaries."""
+    model, info = build_model(experiment)
+    step = tf.Variable(0, dtype=tf.int64, name="step")
+    checkpoint = tf.train.Checkpoint(model=model, step=step)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=None)
+    if manager.latest_checkpoint is None:
+        raise UserError(f"no checkpoint in {model_dir}/checkpoints; train first (--mode=train).")
+    restore(checkpoint, manager)
+
+    @tf.function(jit_compile=experiment.jit_compile)
+    def eval_step(batch):
+        _, metrics = loss_and_metrics(model, batch, training=False)
+        return metrics["total_nats"], metrics["tokens"]
+
+    dataset = make_dataset(experiment, experiment.eval_split, training=False)
+    if experiment.eval_batches:
+        dataset = dataset.take(experiment.eval_batches)
+    total_nats = tokens = 0.0
+    for batch in dataset:
+        nats, count = eval_step(batch)
+        total_nats += float(nats)
+        tokens += float(count)
+    results = {"step": int(step.numpy()), "split": experiment.eval_split, "tokens": tokens,
+               "bits_per_token": total_nats / max(tokens, 1.0) / math.log(2.0),
+               "perplexity": math.exp(total_nats / max(tokens, 1.0))}
+    if not experiment.eval_batches:
+        results.update(unit_metrics(experiment, info, total_nats))
+    write_atomically(os.path.join(model_dir, "eval_results.json"), json.dumps(results, indent=2) + "\n")
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+    with writer.as_default(step=results["step"]):
+        for name, value in results.items():
+            if isinstance(value, float):
+                tf.summary.scalar(name, value)
+    writer.flush()
+    return results
+
+
+def unit_metrics(experiment, info, total_nats):
+    """The papers' metrics from the summed nats: bits per byte/character, bits per dim, per-word perplexity."""
+    units = data.evaluation_units(experiment.dataset, experiment.eval_split, data_dir=experiment.data_dir,
+                                  **experiment.data_options)
+    bits = total_nats / math.log(2.0)
+    results = {}
+    if units.get("bytes"):
+        results["bits_per_byte"] = bits / units["bytes"]
+    if units.get("dims"):
+        results["bits_per_dim"] = bits / units["dims"]
+    if units.get("words") and info.unit == "token":  # subword text: the word-level figure of the papers
+        results["word_perplexity"] = math.exp(total_nats / units["words"])
+    return results
+
+
+def run(gin_files, gin_params, model_dir, mode):
+    experiment = parse_config(gin_files, gin_params)
+    os.makedirs(model_dir, exist_ok=True)
+    if mode in ("train", "train_and_eval"):
+        train(experiment, model_dir)
+        print(f"checkpoints: {model_dir}/checkpoints  TensorBoard: tensorboard --logdir {model_dir}  "
+              f"operative config: {model_dir}/operative_config.gin", flush=True)
+    if mode in ("eval", "train_and_eval"):
+        results = evaluate(experiment, model_dir)
+        print("eval: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in results.items()), flush=True)
+        return results
+    return None
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    if not FLAGS.model_dir:
+        sys.exit("error: --model_dir is required.")
+    if FLAGS.strategy != "default":
+        sys.exit(f"error: --strategy={FLAGS.strategy} is not available yet; use --strategy=default.")
+    try:
+        run(FLAGS.gin_file, FLAGS.gin_param, FLAGS.model_dir, FLAGS.mode)
+    except UserError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
