@@ -89,7 +89,8 @@ class DecoderLM(keras.Model):
                                                                   initializer=self.embeddings_initializer,
                                                                   dtype=self.dtype_policy)
         self.input_dropout_layer = keras.layers.Dropout(input_dropout, seed=seed)
-        self.blocks = [
+        # A tuple, not a list: tf.train.Checkpoint does not see layers in Keras 3's tracked lists.
+        self.blocks = tuple(
             DecoderBlock(
                 fresh_copy(layer, f"attention_{i}"),
                 FeedForward(ffn_dim, ffn_activation, use_bias=ffn_use_bias, dropout=ffn_dropout,
@@ -98,7 +99,7 @@ class DecoderLM(keras.Model):
                             dtype=self.dtype_policy),
                 norm_placement=norm_placement, norm_epsilon=norm_epsilon, dropout=dropout, name=f"block_{i}",
                 dtype=self.dtype_policy)
-            for i, layer in enumerate(attention_list)]
+            for i, layer in enumerate(attention_list))
         self.final_norm_layer = LayerNorm(norm_epsilon, name="final_norm",
                                           dtype=self.dtype_policy) if self.final_norm else None
         self.logits_layer = None

@@ -14,6 +14,7 @@ and a non-zero exit code, and never overwrites a checkpoint.
 import contextlib
 import dataclasses
 import json
+import logging as pylogging
 import math
 import os
 import sys
@@ -87,6 +88,7 @@ class Experiment:
 def parse_config(gin_files, gin_params):
     """Parses gin files and bindings; one-line `UserError` for a missing file or a bad binding."""
     register_configurables()
+    gin.clear_config()  # Each parse starts from nothing (and unlocks a config finalised before).
     gin.add_config_file_search_path(GIN_CONFIGS)
     for path in gin_files:
         if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_CONFIGS, path)):
@@ -110,12 +112,11 @@ def parse_config(gin_files, gin_params):
 def quiet_gin_search():
     """Gin logs an error for every search path where an `include` is not found before the one where it is;
     real failures still raise."""
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.FATAL)
+    pylogging.disable(pylogging.CRITICAL)
     try:
         yield
     finally:
-        logging.set_verbosity(verbosity)
+        pylogging.disable(pylogging.NOTSET)
 
 
 def _first_line(error):
@@ -153,6 +154,16 @@ def make_checkpoint(model, optimizer, step, iterator, directory, keep):
         objects["iterator"] = iterator
     checkpoint = tf.train.Checkpoint(**objects)
     return checkpoint, tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
+
+
+def check_checkpointable(model):
+    """Raises unless tf.train.Checkpoint reaches every model variable. Keras 3 hides layers and variables kept
+    in Python lists from TensorFlow's object graph, so they would silently not be saved (use tuples)."""
+    reachable = {id(t) for t in tf.train.TrackableView(model).descendants()}
+    missing = [v.path for v in model.variables if id(v) not in reachable]
+    if missing:
+        raise UserError(f"{len(missing)} variables of {type(model).__name__} would not be checkpointed (held in a "
+                        f"list?): {', '.join(missing[:5])}")
 
 
 def restore(checkpoint, manager):
@@ -223,6 +234,7 @@ def _duration(seconds):
 def train(experiment, model_dir):
     """Trains to `experiment.train_steps`, resuming from the latest checkpoint in model_dir."""
     model, _ = build_model(experiment)
+    check_checkpointable(model)
     learning_rate = experiment.learning_rate
     optimizer = experiment.optimizer(learning_rate=learning_rate)
     optimizer.build(model.trainable_variables)

@@ -28,9 +28,10 @@ class FactorizedPositionEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         dim = input_shape[-1]
-        self.tables = [self.add_weight(name=f"axis_{i}", shape=(size, dim),
-                                      initializer=fresh_initializer(self.initializer))
-                       for i, size in enumerate(self.axis_sizes)]
+        # A tuple, not a list: tf.train.Checkpoint does not see variables in Keras 3's tracked lists.
+        self.tables = tuple(self.add_weight(name=f"axis_{i}", shape=(size, dim),
+                                            initializer=fresh_initializer(self.initializer))
+                            for i, size in enumerate(self.axis_sizes))
 
     def call(self, x, offset=0):
         """Embeddings of positions offset .. offset + length - 1 (offset > 0 in incremental decoding)."""
