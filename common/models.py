@@ -89,7 +89,8 @@ class DecoderLM(keras.Model):
                                                                   initializer=self.embeddings_initializer,
                                                                   dtype=self.dtype_policy)
         self.input_dropout_layer = keras.layers.Dropout(input_dropout, seed=seed)
-        # A tuple, not a list: tf.train.Checkpoint does not see layers in Keras 3's tracked lists.
+        # A tuple, not a list: tf.train.Checkpoint does not see layers in Keras 3's tracked lists (they would
+        # only be saved by position; see common.train.untracked_variables).
         self.blocks = tuple(
             DecoderBlock(
                 fresh_copy(layer, f"attention_{i}"),

@@ -67,7 +67,7 @@ def load_trained_model(model_dir):
         raise train.UserError(f"{config} does not exist; train a model in {model_dir} first.")
     experiment = train.parse_config([config], [])
     model, _ = train.build_model(experiment)
-    checkpoint = tf.train.Checkpoint(model=model)
+    checkpoint = tf.train.Checkpoint(**train.model_objects(model))
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=None)
     if manager.latest_checkpoint is None:
         raise train.UserError(f"no checkpoint in {model_dir}/checkpoints.")

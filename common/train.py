@@ -148,22 +148,27 @@ def build_model(experiment):
     return model, info
 
 
+def untracked_variables(model):
+    """Model variables that tf.train.Checkpoint cannot reach through the object graph.
+
+    Keras 3 hides from TensorFlow what layers keep in Python lists (e.g. the seed-generator state of every
+    `Dropout`), so these would silently not be saved; `model_objects` saves them by position instead.
+    """
+    reachable = {id(t) for t in tf.train.TrackableView(model).descendants()}
+    return tuple(v for v in model.variables if id(v) not in reachable)
+
+
+def model_objects(model):
+    """What a checkpoint holds of a model: its object graph plus the variables the graph misses."""
+    return dict(model=model, model_untracked=untracked_variables(model))
+
+
 def make_checkpoint(model, optimizer, step, iterator, directory, keep):
-    objects = dict(model=model, optimizer=optimizer, step=step)
+    objects = dict(model_objects(model), optimizer=optimizer, step=step)
     if iterator is not None:
         objects["iterator"] = iterator
     checkpoint = tf.train.Checkpoint(**objects)
     return checkpoint, tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
-
-
-def check_checkpointable(model):
-    """Raises unless tf.train.Checkpoint reaches every model variable. Keras 3 hides layers and variables kept
-    in Python lists from TensorFlow's object graph, so they would silently not be saved (use tuples)."""
-    reachable = {id(t) for t in tf.train.TrackableView(model).descendants()}
-    missing = [v.path for v in model.variables if id(v) not in reachable]
-    if missing:
-        raise UserError(f"{len(missing)} variables of {type(model).__name__} would not be checkpointed (held in a "
-                        f"list?): {', '.join(missing[:5])}")
 
 
 def restore(checkpoint, manager):
@@ -234,7 +239,6 @@ def _duration(seconds):
 def train(experiment, model_dir):
     """Trains to `experiment.train_steps`, resuming from the latest checkpoint in model_dir."""
     model, _ = build_model(experiment)
-    check_checkpointable(model)
     learning_rate = experiment.learning_rate
     optimizer = experiment.optimizer(learning_rate=learning_rate)
     optimizer.build(model.trainable_variables)
@@ -286,7 +290,7 @@ def evaluate(experiment, model_dir):
     """Evaluates the latest checkpoint on `experiment.eval_split`; writes eval_results.json and summaries."""
     model, info = build_model(experiment)
     step = tf.Variable(0, dtype=tf.int64, name="step")
-    checkpoint = tf.train.Checkpoint(model=model, step=step)
+    checkpoint = tf.train.Checkpoint(**model_objects(model), step=step)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=None)
     if manager.latest_checkpoint is None:
         raise UserError(f"no checkpoint in {model_dir}/checkpoints; train first (--mode=train).")
