@@ -160,7 +160,8 @@ def untracked_variables(model):
 
 def model_objects(model):
     """What a checkpoint holds of a model: its object graph plus the variables the graph misses."""
-    return dict(model=model, model_untracked=untracked_variables(model))
+    untracked = untracked_variables(model)
+    return dict(model=model, model_untracked=untracked) if untracked else dict(model=model)
 
 
 def make_checkpoint(model, optimizer, step, iterator, directory, keep):

@@ -24,11 +24,16 @@ def routing_lm():
                                 max_relative_position=8, position_axes=(16,))
 
 
+def routing_lm_without_dropout():
+    return RoutingTransformerLM(vocabulary_size=20, num_layers=1, hidden_dim=16, ffn_dim=32, local_heads=1,
+                                routing_heads=1, num_clusters=2, window=8, block_size=8, dropout=0.0)
+
+
 def save(model, path):
     return tf.train.Checkpoint(**train.model_objects(model)).save(path)
 
 
-@pytest.mark.parametrize("make_model", [decoder_lm, routing_lm])
+@pytest.mark.parametrize("make_model", [decoder_lm, routing_lm, routing_lm_without_dropout])
 def test_checkpoint_restores_every_variable(make_model, tmp_path):
     ids = tf.constant(np.random.default_rng(0).integers(0, 20, size=(2, 16)), tf.int32)
     model = make_model()
