@@ -1,0 +1,549 @@
+"""Speed and memory of each attention kernel against dense attention: forward + backward, on CPU.
+
+Run from the repository root:
+
+    python -m benchmarks.attention                          # every kernel of KERNELS, lengths 1k..16k
+    python -m benchmarks.attention --lengths=1024,2048 --kernels=local --repeats=3 --jit
+
+The step is the gradient of sum(out) with respect to q, k and v, inside a tf.function (XLA with --jit), at
+batch 1, 8 heads, head dim 64, float32, causal. Dense attention is always measured too: it is the baseline.
+
+Each (kernel, length) runs in a fresh subprocess, because TensorFlow keeps no memory statistics on CPU:
+memory is the process's peak RSS during the step minus its RSS right before the first call (after the
+TensorFlow import and the input creation), so it includes tracing / compilation. Time is the median of
+--repeats calls after --warmup (default 1) warm-up calls. A kernel that declares a memory estimate is skipped
+when it cannot fit, and every subprocess is killed past --timeout seconds or --memory_limit_gib of RSS.
+
+On a shared machine other processes inflate the times: each measurement waits (up to --idle_wait seconds) for
+an idle CPU, is repeated (up to --retries times) when other processes used more than 10% of the CPU during its
+timed calls, and is marked with "*" in the table if it stays disturbed.
+
+Output: a Markdown report on stdout and in benchmarks/results/attention.md (attention_jit.md with --jit), the
+raw numbers in the .json next to it.
+
+To add a kernel: register it with `common.attention.register_kernel` (families do it when their attention
+module is imported) and add one line to KERNELS.
+"""
+
+import argparse
+import datetime
+import importlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, NamedTuple, Optional, Union
+
+import psutil
+
+BATCH, HEADS, HEAD_DIM = 1, 8, 64
+DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384)
+BASELINE = "dense"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+RESULT_TAG = "BENCHMARK_RESULT "  # starts the worker's one result line on stdout
+MIB, GIB = 2**20, 2**30
+BUSY_SHARE = 0.10  # times measured while other processes used more of the machine's CPU get a "*"
+
+
+class Kernel(NamedTuple):
+    """One benchmarked kernel.
+
+    kernel: a name registered in `common.attention`, "module:name" for a name that `module` registers when
+      imported (a family's attention module), or the kernel callable itself.
+    options: keyword arguments of every call, besides `causal=True`.
+    memory_bytes: optional `length -> bytes` estimate of the step's need; the run skips what cannot fit.
+    """
+    kernel: Union[str, Callable]
+    options: dict
+    memory_bytes: Optional[Callable[[int], float]] = None
+
+
+def dense_memory_bytes(length):
+    """Dense attention's logits and softmax tensors, forward + backward: ~4 float32 [batch, heads, L, L]."""
+    return 4 * BATCH * HEADS * length * length * 4
+
+
+KERNELS = {
+    "dense": Kernel("dense", {}, dense_memory_bytes),
+    "local": Kernel("local", {"block_size": 256, "look_back": 1}),  # the Routing Transformer's local heads
+    # Families add theirs, e.g. "routing": Kernel("routing_transformer.attention:routing", {...}),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Worker: one kernel at one length, in its own process.
+
+
+def kernel_entry(name):
+    """The KERNELS entry for `name`; a registered kernel that is not in the table runs with no options."""
+    return KERNELS.get(name, Kernel(name, {}))
+
+
+def resolve_kernel(kernel):
+    """The callable of a `Kernel.kernel` field (a callable, a registered name or "module:name")."""
+    if callable(kernel):
+        return kernel
+    module, _, name = kernel.rpartition(":")
+    if module:
+        importlib.import_module(module)
+    from common.attention import get_kernel
+    return get_kernel(name)
+
+
+def make_step(kernel, options, jit):
+    """A tf.function returning the gradients of sum(kernel(q, k, v)) with respect to q, k and v."""
+    import tensorflow as tf
+
+    def step(q, k, v):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            out = kernel(q, k, v, causal=True, **options)
+            if isinstance(out, (tuple, list)):  # stateful kernels return (out, auxiliary outputs...)
+                out = out[0]
+            loss = tf.reduce_sum(out)
+        return tape.gradient(loss, [q, k, v])
+
+    return tf.function(step, jit_compile=True) if jit else tf.function(step)
+
+
+def rss_bytes():
+    """Current resident set size of this process."""
+    return psutil.Process().memory_info().rss
+
+
+def reset_peak_rss():
+    """Resets this process's peak-RSS mark (Linux >= 4.0), so that ru_maxrss counts from now; False if not."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes():
+    """Peak resident set size of this process (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def process_cpu_s():
+    """CPU seconds this process (all its threads) has used so far."""
+    own = os.times()
+    return own.user + own.system
+
+
+def cpu_seconds():
+    """(machine busy CPU-seconds, this process's CPU-seconds, machine total CPU-seconds) so far (Linux)."""
+    with open("/proc/stat") as f:
+        jiffies = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(jiffies) - jiffies[3] - jiffies[4]) / tick, process_cpu_s(), sum(jiffies) / tick
+
+
+def others_cpu_share(before, after):
+    """Share of the machine's CPU that other processes used between two `cpu_seconds()` readings."""
+    busy, own, total = (b - a for a, b in zip(before, after))
+    return max(0.0, busy - own) / total if total > 0 else 0.0
+
+
+def timed_call(fn, *args):
+    """(wall seconds, CPU seconds of this process) of fn(*args); eager TF returns once outputs are computed."""
+    start, start_cpu = time.perf_counter(), process_cpu_s()
+    fn(*args)
+    return time.perf_counter() - start, process_cpu_s() - start_cpu
+
+
+def measure(name, length, repeats, warmup, jit):
+    """Times one kernel at one length and measures the memory its step needs; returns the numbers."""
+    import tensorflow as tf
+
+    entry = kernel_entry(name)
+    step = make_step(resolve_kernel(entry.kernel), entry.options, jit)
+    shape = (BATCH, HEADS, length, HEAD_DIM)
+    q, k, v = (tf.random.stateless_normal(shape, seed=(i, 0)) for i in range(3))
+    baseline = rss_bytes()
+    peak_was_reset = reset_peak_rss()
+    warmups = [timed_call(step, q, k, v) for _ in range(warmup)]  # the first call traces / compiles
+    cpu_before = cpu_seconds()
+    timed = [timed_call(step, q, k, v) for _ in range(repeats)]
+    cpu_after = cpu_seconds()
+    peak = peak_rss_bytes()
+    return {
+        "time_ms": 1000 * statistics.median(wall for wall, _ in timed),
+        "times_ms": [1000 * wall for wall, _ in timed],
+        "cpu_times_ms": [1000 * cpu for _, cpu in timed],  # CPU time of all threads: robust to other load
+        "warmup_ms": [1000 * wall for wall, _ in warmups],
+        "memory_mib": (peak - baseline) / MIB,
+        "baseline_rss_mib": baseline / MIB,
+        "peak_rss_mib": peak / MIB,
+        "peak_was_reset": peak_was_reset,
+        "others_cpu_share": others_cpu_share(cpu_before, cpu_after),  # during the timed calls
+        "tensorflow": tf.__version__,
+    }
+
+
+def worker_main(args):
+    """Entry point of the hidden --worker mode: prints one tagged JSON line."""
+    result = measure(args.worker, args.lengths[0], args.repeats, args.warmup, args.jit)
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Driver: one subprocess per (kernel, length), then the report.
+
+
+def wait_guarded(proc, timeout_s, memory_limit):
+    """Waits for `proc`; kills it past `timeout_s` or `memory_limit` bytes of RSS. Returns why, or None."""
+    start = time.monotonic()
+    watched = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        reason = None
+        if time.monotonic() - start > timeout_s:
+            reason = "timeout"
+        else:
+            try:
+                if watched.memory_info().rss > memory_limit:
+                    reason = f"killed (RSS > {memory_limit / GIB:.1f} GiB)"
+            except psutil.NoSuchProcess:
+                pass
+        if reason:
+            proc.kill()
+            proc.wait()
+            return reason
+        time.sleep(0.1)
+    return None
+
+
+def last_line(text, prefix=""):
+    """The last non-empty line of `text` that starts with `prefix`, or ""."""
+    lines = [line for line in text.splitlines() if line.strip() and line.startswith(prefix)]
+    return lines[-1] if lines else ""
+
+
+def run_worker(name, length, args):
+    """Measures one (kernel, length) in a fresh process; returns its numbers or a status saying why not."""
+    cmd = [sys.executable, "-m", "benchmarks.attention", f"--worker={name}", f"--lengths={length}",
+           f"--repeats={args.repeats}", f"--warmup={args.warmup}"] + (["--jit"] if args.jit else [])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=REPO_ROOT)
+        killed = wait_guarded(proc, args.timeout, args.memory_limit_gib * GIB)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if killed:
+        return {"status": killed}
+    result = last_line(stdout, RESULT_TAG)
+    if proc.returncode != 0 or not result:
+        why = last_line(stderr) or f"exit code {proc.returncode}"
+        return {"status": "error", "error": why[-300:]}
+    return {"status": "ok", **json.loads(result[len(RESULT_TAG):])}
+
+
+def wait_for_idle(max_s):
+    """Waits up to `max_s` seconds for a second in which other processes use < BUSY_SHARE of the CPU."""
+    deadline = time.monotonic() + max_s
+    while True:
+        before = cpu_seconds()
+        time.sleep(1)
+        if others_cpu_share(before, cpu_seconds()) < BUSY_SHARE or time.monotonic() >= deadline:
+            return
+
+
+def measure_least_disturbed(name, length, args):
+    """Runs the worker when the CPU is idle, again up to --retries times while other processes disturbed its
+    timing (a shared machine); keeps the attempt during which they used the least CPU."""
+    wait_for_idle(args.idle_wait)
+    best, attempts = run_worker(name, length, args), 1
+    while disturbed(best) and attempts <= args.retries:
+        print(f"{name:>10} L={length:<6} other processes used {100 * best['others_cpu_share']:.0f}% CPU; "
+              "retrying", file=sys.stderr, flush=True)
+        wait_for_idle(args.idle_wait)
+        again, attempts = run_worker(name, length, args), attempts + 1
+        if again["status"] == "ok" and again["others_cpu_share"] < best["others_cpu_share"]:
+            best = again
+    best["attempts"] = attempts
+    return best
+
+
+def benchmark(name, length, args):
+    """One record: skipped when the kernel's estimate does not fit, measured otherwise."""
+    record = {"kernel": name, "length": length}
+    estimate = kernel_entry(name).memory_bytes
+    need = estimate(length) if estimate else None
+    if need is not None:
+        record["estimate_gib"] = need / GIB
+    start = time.monotonic()
+    if need is not None and need > args.memory_limit_gib * GIB:
+        record["status"] = f"skipped (needs ~{need / GIB:.1f} GiB)"
+    else:
+        record.update(measure_least_disturbed(name, length, args))
+    record["wall_s"] = time.monotonic() - start
+    return record
+
+
+def describe(record):
+    """Short text of one record for the progress lines."""
+    if record["status"] != "ok":
+        return record["status"] + (f": {record['error']}" if "error" in record else "")
+    return (f"{record['time_ms']:.1f} ms, {record['memory_mib']:.0f} MiB, other processes "
+            f"{100 * record['others_cpu_share']:.0f}% CPU")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Analysis and report.
+
+
+def growth_exponent(records, key):
+    """Least-squares slope of log(value) against log(length) over the measured records; None if < 2."""
+    points = [(math.log(r["length"]), math.log(r[key])) for r in records if r["status"] == "ok" and r[key] > 0]
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else None
+
+
+def ratio(baseline, record, key):
+    """baseline[key] / record[key] when both were measured, else None."""
+    if baseline is None or baseline["status"] != "ok" or record["status"] != "ok" or record[key] <= 0:
+        return None
+    return baseline[key] / record[key]
+
+
+def find(records, name, length):
+    return next((r for r in records if r["kernel"] == name and r["length"] == length), None)
+
+
+def check_speedup(records, name="local", length=8192, minimum=4.0):
+    """Acceptance: `name` at `length` tokens at least `minimum` times faster than dense."""
+    label = f"{name} attention at {length} tokens at least {minimum:g}x faster than dense"
+    record, baseline = find(records, name, length), find(records, BASELINE, length)
+    value = ratio(baseline, record, "time_ms") if record else None
+    if value is None:
+        missing = [r["kernel"] + " " + r["status"] for r in (baseline, record) if r and r["status"] != "ok"]
+        return label, f"NOT MEASURED ({', '.join(missing) or 'not in this run'})"
+    caveat = ", times disturbed by other processes" if disturbed(record) or disturbed(baseline) else ""
+    return label, f"{'PASS' if value >= minimum else 'FAIL'} ({value:.1f}x{caveat})"
+
+
+def check_linear_memory(records, name="local", maximum=1.2):
+    """Acceptance: the memory of `name` grows linearly with length (fitted exponent <= `maximum`)."""
+    label = f"{name} memory grows linearly (exponent <= {maximum:g})"
+    value = growth_exponent([r for r in records if r["kernel"] == name], "memory_mib")
+    if value is None:
+        return label, "NOT MEASURED (fewer than 2 lengths measured)"
+    return label, f"{'PASS' if value <= maximum else 'FAIL'} (exponent {value:.2f})"
+
+
+def cpu_model():
+    """CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine():
+    """The machine and software versions, as one line."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = {p: importlib.metadata.version(p) for p in ("tensorflow", "keras")}
+    return (f"{cpu_model()}, {cpus} cores, {psutil.virtual_memory().total / GIB:.1f} GiB RAM, "
+            f"{platform.system()} {platform.release()}; Python {platform.python_version()}, "
+            f"TensorFlow {versions['tensorflow']}, Keras {versions['keras']}")
+
+
+def load_average():
+    """1-minute load average: above ~0.5 before a run, other processes share the CPU and inflate times."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def disturbed(record):
+    """True when other processes used more than BUSY_SHARE of the CPU during the record's timed calls."""
+    return record["status"] == "ok" and record["others_cpu_share"] > BUSY_SHARE
+
+
+def cell(record, key, fmt):
+    """A table cell: the formatted number, or the record's status when it was not measured."""
+    if record is None:
+        return ""
+    if record["status"] != "ok":
+        return record["status"]
+    return fmt.format(record[key]) + ("*" if key == "time_ms" and disturbed(record) else "")
+
+
+def results_table(records, names, lengths):
+    """Markdown table: per length, each kernel's time and memory, then dense/kernel ratios."""
+    others = [n for n in names if n != BASELINE]
+    header = ["length"]
+    for name in names:
+        header += [f"{name} time (ms)", f"{name} memory (MiB)"]
+    for name in others:
+        header += [f"dense/{name} time", f"dense/{name} memory"]
+    rows = [header, ["---:"] * len(header)]
+    for length in lengths:
+        row = [str(length)]
+        for name in names:
+            record = find(records, name, length)
+            row += [cell(record, "time_ms", "{:.1f}"), cell(record, "memory_mib", "{:.0f}")]
+        baseline = find(records, BASELINE, length)
+        for name in others:
+            for key in ("time_ms", "memory_mib"):
+                value = ratio(baseline, find(records, name, length), key)
+                row.append("n/a" if value is None else f"{value:.1f}x")
+        rows.append(row)
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def exponent_table(records, names):
+    """Markdown table of each kernel's fitted growth exponents of time and memory vs length."""
+    rows = [["kernel", "time exponent", "memory exponent", "lengths fitted"], ["---", "---:", "---:", "---"]]
+    for name in names:
+        own = [r for r in records if r["kernel"] == name]
+        fitted = ",".join(str(r["length"]) for r in own if r["status"] == "ok")
+        exps = [growth_exponent(own, key) for key in ("time_ms", "memory_mib")]
+        rows.append([name] + ["n/a" if e is None else f"{e:.2f}" for e in exps] + [fitted or "none"])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def report(records, names, args, wall_s, loads):
+    """The whole Markdown report."""
+    kernels = "; ".join(f"{n} {kernel_entry(n).options or '{}'}" for n in names)
+    step = "tf.function(jit_compile=True)" if args.jit else "tf.function"
+    checks = [check_speedup(records), check_linear_memory(records)]
+    lines = [
+        f"# Attention kernels: forward + backward{' (XLA)' if args.jit else ''}",
+        "",
+        f"- Machine: {machine()}",
+        f"- Step: gradient of sum(out) w.r.t. q, k, v in {step}; batch {BATCH}, {HEADS} heads, head dim "
+        f"{HEAD_DIM}, float32, causal.",
+        f"- Kernels: {kernels}",
+        f"- Time: median of {args.repeats} calls after {args.warmup} warm-up call(s). Memory: peak RSS of a "
+        "fresh process during the step minus its RSS right before the first call (includes tracing and "
+        "compilation).",
+        f"- Run: `python -m benchmarks.attention {' '.join(sys.argv[1:])}`, "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}, wall time {wall_s:.0f} s, 1-minute load "
+        f"average {loads[0]:.2f} before and {loads[1]:.2f} after.",
+        "",
+        results_table(records, names, args.lengths),
+        "",
+    ]
+    busy = [f"{r['kernel']} {r['length']}: {100 * r['others_cpu_share']:.0f}%" for r in records if disturbed(r)]
+    if busy:
+        lines += [f"\\* Other processes used more than {100 * BUSY_SHARE:.0f}% of the machine's CPU during "
+                  f"these timed calls, so their times are inflated ({', '.join(busy)}).", ""]
+    lines += [
+        "Growth with length (least-squares slope in log-log space):",
+        "",
+        exponent_table(records, names),
+        "",
+        "Acceptance:",
+        "",
+    ]
+    lines += [f"- {label}: **{status}**" for label, status in checks]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path, text):
+    """Writes `text` to `path` through a .tmp file, so a crash never leaves half a file."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def save(text, records, names, args, wall_s, loads):
+    """Writes the report (.md) and the raw numbers (.json) under benchmarks/results/."""
+    stem = args.output or os.path.join(RESULTS_DIR, "attention_jit" if args.jit else "attention")
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    raw = {
+        "machine": machine(),
+        "settings": {"batch": BATCH, "heads": HEADS, "head_dim": HEAD_DIM, "causal": True, "jit": args.jit,
+                     "repeats": args.repeats, "warmup": args.warmup, "lengths": args.lengths,
+                     "retries": args.retries, "idle_wait_s": args.idle_wait, "timeout_s": args.timeout,
+                     "memory_limit_gib": args.memory_limit_gib},
+        "kernels": {n: kernel_entry(n).options for n in names},
+        "wall_s": wall_s,
+        "load_average_before_after": loads,
+        "records": records,
+    }
+    write_atomically(stem + ".md", text)
+    write_atomically(stem + ".json", json.dumps(raw, indent=1) + "\n")
+    return stem
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def comma_list(cast):
+    return lambda text: [cast(item) for item in text.split(",") if item.strip()]
+
+
+def parse_args(argv=None):
+    default_kernels = ",".join(n for n in KERNELS if n != BASELINE)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=comma_list(int), default=list(DEFAULT_LENGTHS),
+                        help="comma-separated sequence lengths (default: %(default)s)")
+    parser.add_argument("--kernels", type=comma_list(str), default=comma_list(str)(default_kernels),
+                        help="comma-separated kernels compared to dense: names of KERNELS or registered "
+                             f"kernel names (default: {default_kernels})")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls first; the first traces/compiles")
+    parser.add_argument("--jit", action="store_true", help="run the step under tf.function(jit_compile=True)")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="re-measure a (kernel, length) up to this many times while other processes used "
+                             "more than 10%% of the CPU during its timed calls; the least disturbed is kept")
+    parser.add_argument("--idle_wait", type=float, default=15,
+                        help="seconds to wait, before each measurement, for other processes to leave the CPU "
+                             "idle")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per (kernel, length)")
+    parser.add_argument("--memory_limit_gib", type=float,
+                        default=round(0.85 * psutil.virtual_memory().available / GIB, 1),
+                        help="skip kernels estimated to need more, kill subprocesses whose RSS exceeds it "
+                             "(default: 85%% of the memory available now, %(default)s)")
+    parser.add_argument("--output", default=None,
+                        help="path stem of the .md/.json results (default: benchmarks/results/attention, "
+                             "attention_jit with --jit)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: measure in this process
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 1 or args.retries < 0:
+        parser.error("--repeats and --warmup must be >= 1, --retries >= 0")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    names = [BASELINE] + [n for n in dict.fromkeys(args.kernels) if n != BASELINE]
+    loads = [load_average()]
+    start = time.monotonic()
+    records = []
+    for length in args.lengths:
+        for name in names:
+            records.append(benchmark(name, length, args))
+            print(f"{name:>10} L={length:<6} {describe(records[-1])}  [{records[-1]['wall_s']:.0f} s]",
+                  file=sys.stderr, flush=True)
+    wall_s = time.monotonic() - start
+    loads.append(load_average())
+    text = report(records, names, args, wall_s, loads)
+    print(text)
+    stem = save(text, records, names, args, wall_s, loads)
+    print(f"Wrote {stem}.md and {stem}.json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
