@@ -31,7 +31,7 @@ def held_out_bytes(split, data_dir):
 
 def main(argv):
     del argv
-    train.logging.set_verbosity(train.logging.WARNING)
+    train.logging.set_verbosity(train.logging.ERROR)
     params = [f"Experiment.data_dir = {FLAGS.data_dir!r}"] if FLAGS.data_dir else []
     try:
         results = train.run(["quickstart.gin"], params, FLAGS.demo_dir, "train_and_eval")

@@ -12,6 +12,8 @@ class RsqrtDecay(keras.optimizers.schedules.LearningRateSchedule):
     warmup)); flat for `warmup_steps`, then 1/sqrt decay (no warm-up ramp, as in the original)."""
 
     def __init__(self, constant=0.01, warmup_steps=10000):
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be >= 1 (the decay divides by it); got {warmup_steps}.")
         self.constant = constant
         self.warmup_steps = warmup_steps
 

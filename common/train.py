@@ -17,6 +17,7 @@ import json
 import logging as pylogging
 import math
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -120,8 +121,11 @@ def quiet_gin_search():
 
 
 def _first_line(error):
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    """The message of an error in one line; for errors Keras re-raises from a layer's call, the original one."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        return lines[1]
+    return lines[0] if lines else type(error).__name__
 
 
 def make_dataset(experiment, split, training):
@@ -129,7 +133,7 @@ def make_dataset(experiment, split, training):
         return data.make_dataset(experiment.dataset, split, sequence_length=experiment.sequence_length,
                                  batch_size=experiment.batch_size, training=training,
                                  data_dir=experiment.data_dir, seed=experiment.seed, **experiment.data_options)
-    except data.DatasetNotPreparedError as error:
+    except ValueError as error:  # DatasetNotPreparedError included
         raise UserError(_first_line(error)) from error
 
 
@@ -357,7 +361,7 @@ def run(gin_files, gin_params, model_dir, mode):
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # progress and errors are printed; library warnings are noise here
     if not FLAGS.model_dir:
         sys.exit("error: --model_dir is required.")
     if FLAGS.strategy != "default":
