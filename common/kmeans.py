@@ -21,6 +21,7 @@ EMA (see `statistics` and `apply_statistics`).
 import keras
 from keras import ops
 
+from common.attention import checks
 from common.layers.normalization import layer_norm
 
 
@@ -38,9 +39,8 @@ class OnlineKMeans(keras.layers.Layer):
 
     def __init__(self, num_heads, num_clusters, decay=0.999, beta=1e-4, epsilon=1e-5, seed=None, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("num_heads", num_heads), ("num_clusters", num_clusters)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        checks.check_positive_int("num_heads", num_heads)
+        checks.check_positive_int("num_clusters", num_clusters)
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1); got {decay!r}.")
         self.num_heads = num_heads

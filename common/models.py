@@ -9,6 +9,7 @@ So `model.fit(x=ids, y=ids)` trains it, and every position, the first included, 
 import keras
 from keras import ops
 
+from common.attention import checks
 from common.layers import DecoderBlock, FactorizedPositionEmbedding, FeedForward, LayerNorm
 from common.serialization import fresh_copy, fresh_initializer
 
@@ -46,8 +47,7 @@ class DecoderLM(keras.Model):
         super().__init__(**kwargs)
         for name, value in (("vocabulary_size", vocabulary_size), ("num_layers", num_layers),
                             ("hidden_dim", hidden_dim), ("ffn_dim", ffn_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+            checks.check_positive_int(name, value)
         attention_list = list(attention) if isinstance(attention, (list, tuple)) else [attention] * num_layers
         if len(attention_list) != num_layers:
             raise ValueError(f"attention must be one layer or a list of num_layers={num_layers} layers; got "

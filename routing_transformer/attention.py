@@ -218,9 +218,8 @@ class RoutingAttention(SelfAttention):
                  local_relative=True, routing_relative=True, decay=0.999, beta=1e-4, require_coverage=False,
                  head_projection=True, dropout=0.0, kernel_initializer="glorot_uniform",
                  output_initializer=None, output_dim=None, seed=None, **kwargs):
-        for name, value in (("local_heads", local_heads), ("routing_heads", routing_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer; got {value!r}.")
+        checks.check_positive_int("local_heads", local_heads, minimum=0)
+        checks.check_positive_int("routing_heads", routing_heads, minimum=0)
         kwargs.pop("num_heads", None)
         kwargs.pop("kernel", None)
         kwargs.pop("kernel_options", None)

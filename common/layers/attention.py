@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from common.attention import get_kernel
+from common.attention import checks, get_kernel
 from common.serialization import fresh_initializer
 
 
@@ -32,8 +32,7 @@ class SelfAttention(keras.layers.Layer):
                  output_initializer=None, output_dim=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         for name, value in (("num_heads", num_heads), ("key_dim", key_dim), ("value_dim", value_dim or key_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+            checks.check_positive_int(name, value)
         get_kernel(kernel)  # Fails early, listing the registered kernels.
         self.num_heads = num_heads
         self.key_dim = key_dim

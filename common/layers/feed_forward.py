@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from common.attention import checks
 from common.serialization import fresh_initializer
 
 
@@ -47,8 +48,7 @@ class FeedForward(keras.layers.Layer):
         super().__init__(**kwargs)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
-        if not isinstance(hidden_dim, int) or hidden_dim < 1:
-            raise ValueError(f"hidden_dim must be a positive integer; got {hidden_dim!r}.")
+        checks.check_positive_int("hidden_dim", hidden_dim)
         self.hidden_dim = hidden_dim
         self.activation = activation
         self.use_bias = use_bias
