@@ -63,6 +63,8 @@ class Experiment:
     optimizer: an optimizer class (e.g. `@keras.optimizers.Adafactor`), called with `learning_rate`.
     learning_rate: a number or a schedule (e.g. `@common.RsqrtDecay()`).
     data_options: extra keyword arguments of `common.data.make_dataset` (tokenizer, local_text_dir, ...).
+    eval_every: evaluate every this many training steps (TensorBoard `eval/`); None only at the end with
+      --mode=train_and_eval.
     eval_batches: evaluate on this many batches; None covers the whole split (needed for per-byte/per-word
       metrics).
     """
@@ -79,6 +81,7 @@ class Experiment:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     eval_split: str = "validation"
+    eval_every: Optional[int] = None
     eval_batches: Optional[int] = None
     jit_compile: bool = True
     seed: int = 0
@@ -243,7 +246,7 @@ def _duration(seconds):
 
 def train(experiment, model_dir):
     """Trains to `experiment.train_steps`, resuming from the latest checkpoint in model_dir."""
-    model, _ = build_model(experiment)
+    model, info = build_model(experiment)
     learning_rate = experiment.learning_rate
     optimizer = experiment.optimizer(learning_rate=learning_rate)
     optimizer.build(model.trainable_variables)
@@ -282,6 +285,9 @@ def train(experiment, model_dir):
             window_tokens, window_time = 0.0, time.time()
         if current % experiment.checkpoint_every == 0 or current == experiment.train_steps:
             save(manager, model_dir, current)
+        if experiment.eval_every and current % experiment.eval_every == 0 and current < experiment.train_steps:
+            results = evaluate_model(model, info, experiment, current, model_dir)
+            print(f"step {current}  eval bits/token {results['bits_per_token']:.4f}", flush=True)
     writer.flush()
     return model
 
@@ -300,6 +306,14 @@ def evaluate(experiment, model_dir):
     if manager.latest_checkpoint is None:
         raise UserError(f"no checkpoint in {model_dir}/checkpoints; train first (--mode=train).")
     restore(checkpoint, manager)
+    results = evaluate_model(model, info, experiment, int(step.numpy()), model_dir)
+    write_atomically(os.path.join(model_dir, "eval_results.json"), json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def evaluate_model(model, info, experiment, step, model_dir):
+    """The model's metrics on `experiment.eval_split` (all of it, or `eval_batches` batches), also written as
+    TensorBoard scalars under model_dir/eval at `step`."""
 
     @tf.function(jit_compile=experiment.jit_compile)
     def eval_step(batch):
@@ -314,14 +328,13 @@ def evaluate(experiment, model_dir):
         nats, count = eval_step(batch)
         total_nats += float(nats)
         tokens += float(count)
-    results = {"step": int(step.numpy()), "split": experiment.eval_split, "tokens": tokens,
+    results = {"step": step, "split": experiment.eval_split, "tokens": tokens,
                "bits_per_token": total_nats / max(tokens, 1.0) / math.log(2.0),
                "perplexity": math.exp(total_nats / max(tokens, 1.0))}
     if not experiment.eval_batches:
         results.update(unit_metrics(experiment, info, total_nats))
-    write_atomically(os.path.join(model_dir, "eval_results.json"), json.dumps(results, indent=2) + "\n")
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
-    with writer.as_default(step=results["step"]):
+    with writer.as_default(step=step):
         for name, value in results.items():
             if isinstance(value, float):
                 tf.summary.scalar(name, value)

@@ -255,3 +255,11 @@ def test_cli_data_option_of_another_dataset_is_a_one_line_error(corpus, tmp_path
     result = run_module("common.train", *gin_param_args(params), f"--model_dir={tmp_path / 'm'}")
     line = assert_one_line_error(result)
     assert "local_text_dir" in line
+
+
+def test_eval_every_evaluates_during_training(corpus, clean_gin, tmp_path):
+    params = tiny_params(corpus, train_steps=4, checkpoint_every=4, eval_every=2, eval_batches=1)
+    train_in_process(params, str(tmp_path))
+    scalars = read_scalars(str(tmp_path / "eval"))
+    assert sorted(scalars["bits_per_token"]) == [2]  # every 2 steps, the last step left to --mode=eval
+    assert 0.0 < scalars["bits_per_token"][2] < 16.0
