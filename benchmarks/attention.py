@@ -75,6 +75,10 @@ KERNELS = {
     "dense": Kernel("dense", {}, dense_memory_bytes),
     "local": Kernel("local", {"block_size": 256, "look_back": 1}),  # the Routing Transformer's local heads
     # Families add theirs, e.g. "routing": Kernel("routing_transformer.attention:routing", {...}),
+    "combiner_fixed": Kernel("combiner.attention:combiner", {"variant": "fixed", "segment_length": 128}),
+    "combiner_logsparse": Kernel("combiner.attention:combiner", {"variant": "logsparse"}),
+    "combiner_axial": Kernel("combiner.attention:combiner", {"variant": "axial", "segment_length": 128}),
+    "combiner_mixture": Kernel("combiner.attention:combiner", {"variant": "mixture", "segment_length": 128}),
 }
 
 

@@ -18,11 +18,13 @@ def register_configurables():
     global _registered
     if _registered:
         return
+    import combiner
     import routing_transformer  # Families are imported here so that gin files can name their models.
 
     gin.register(DecoderLM, module="common")
     gin.register(routing_transformer.RoutingTransformerLM, module="routing_transformer")
     gin.register(routing_transformer.RoutingAttention, module="routing_transformer")
+    gin.register(combiner.CombinerLM, module="combiner")
     gin.register(schedules.RsqrtDecay, module="common")
     gin.register(schedules.WarmupCosine, module="common")
     for optimizer in (keras.optimizers.Adam, keras.optimizers.AdamW, keras.optimizers.Adafactor,

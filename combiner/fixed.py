@@ -1,0 +1,46 @@
+"""Combiner-Fixed (paper section 4.1, eq. 10; TF `sqrt_fixed_full`, JAX `_SelfAttSqrtn`).
+
+The sequence is cut into n segments of m tokens. Query (r, c) attends directly to its own segment (causally:
+t <= c) and to every earlier segment r' < r as one region (bidirectional: every other segment r' != r). A
+region's key and summary query pool its keys and queries (`local_summary`, default max); its value is the local
+expectation of the segment under the summary query. Logits per query: m + n; cost O(L (m + n)), O(L sqrt L)
+at m ~ sqrt L.
+"""
+
+from keras import ops
+
+from combiner.joint import from_grid, joint_softmax, to_grid
+from combiner.summaries import pool
+from common.attention.softmax import masked_softmax
+
+
+def fixed_attention(q, k, v, *, segment_length, causal=True, local_summary="identity-max",
+                    query_pooling_kernel=None, key_pooling_kernel=None, dropout_rate=0.0, seed=None):
+    """Combiner-Fixed on pre-scaled queries whose length is a multiple of `segment_length`.
+
+    Called by `combiner.attention.combiner_attention`, which checks, scales and pads. Bidirectional regions are
+    the other segments only (eq. 10's partition, Omega_i^r excludes Omega_i^0); the TF release leaves the own
+    segment's summary unmasked too, so that segment is counted twice there.
+    """
+    qg, kg, vg = (to_grid(x, segment_length) for x in (q, k, v))  # [b, h, n, m, d]
+    rows, columns = ops.arange(ops.shape(qg)[2]), ops.arange(segment_length)
+
+    # One abstraction per segment: pooled key and query, and the local expectation of the segment.
+    query_bar = pool(qg, 3, local_summary, query_pooling_kernel)  # [b, h, n, d]
+    key_bar = pool(kg, 3, local_summary, key_pooling_kernel)
+    inner = masked_softmax(ops.einsum("bhnd,bhnkd->bhnk", query_bar, kg), None, dropout_rate, seed)
+    value_bar = ops.einsum("bhnk,bhnkd->bhnd", ops.cast(inner, v.dtype), vg)
+
+    direct = ops.einsum("bhnqd,bhnkd->bhnqk", qg, kg)  # [b, h, n, m, m]
+    region = ops.einsum("bhnqd,bhrd->bhnqr", qg, key_bar)  # [b, h, n, m, n]
+    if causal:
+        direct_keep = columns[None, :] <= columns[:, None]
+        region_keep = (rows[None, :] < rows[:, None])[:, None, :]
+    else:
+        direct_keep = None
+        region_keep = (rows[None, :] != rows[:, None])[:, None, :]
+    direct_w, region_w = joint_softmax([(direct, direct_keep), (region, region_keep)],
+                                       dropout_rate=dropout_rate, seed=seed)
+    out = (ops.einsum("bhnqk,bhnkd->bhnqd", ops.cast(direct_w, v.dtype), vg) +
+           ops.einsum("bhnqr,bhrd->bhnqd", ops.cast(region_w, v.dtype), value_bar))
+    return from_grid(out)

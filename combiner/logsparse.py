@@ -1,0 +1,70 @@
+"""Combiner-Logsparse (paper section 4.2; JAX `_SelfAttLogn`, not in the TF release). Causal only.
+
+Level l cuts the sequence into aligned blocks of 2^l tokens. Query p attends directly to itself and, at every
+level l where bit l of p is set (floor(p / 2^l) odd), to the block just before its own level-l block as one
+region. These blocks are the binary decomposition of [0, p): p = 6 sees {6}, [4, 6), [0, 4). Level 0 is the
+single token p - 1 (direct, the paper's "i - 1 when i is even", 1-indexed). A block's key is the max of its
+keys; its value is its local expectation under the max of its queries. Logits per query: 1 + levels; O(L) block
+summaries per level; cost O(L log L).
+
+Number of levels: bit_length(L - 1), the fewest that reach position 0 from every position. The JAX release uses
+ceil(log2(L - 1)), one short when L - 1 is a power of two (there, with L = 9, position 8 sees only itself; with
+L = 2 position 1 never sees 0), which breaks full attention; this follows the paper.
+"""
+
+from keras import ops
+
+from combiner.cummax import shift
+from combiner.joint import joint_softmax
+from common.attention.softmax import masked_softmax
+
+
+def num_levels(length):
+    """Levels of region blocks (2^0 .. 2^(levels - 1) tokens) that cover [0, p) for every p < length."""
+    return max(length - 1, 0).bit_length()
+
+
+def logsparse_attention(q, k, v, *, causal=True, dropout_rate=0.0, seed=None):
+    """Combiner-Logsparse on pre-scaled queries of a static length (any length: blocks are padded inside).
+
+    Called by `combiner.attention.combiner_attention`, which checks and scales.
+    """
+    if not causal:
+        raise ValueError("variant 'logsparse' is causal only: the paper defers its bidirectional form to an "
+                         "appendix that was not released; use 'fixed', 'axial' or 'mixture' with causal=False.")
+    batch, heads, length = ops.shape(q)[0], ops.shape(q)[1], q.shape[2]
+    positions = ops.arange(length)
+    parts = [(ops.sum(q * k, axis=-1, keepdims=True), None)]  # the direct self logit
+    region_values = []
+    for level in range(num_levels(length)):
+        size = 2 ** level
+        blocks = -(-length // size)
+
+        def to_blocks(x):
+            x = ops.pad(x, [[0, 0], [0, 0], [0, blocks * size - length], [0, 0]])
+            return ops.reshape(x, (batch, heads, blocks, size, x.shape[-1]))
+
+        qb, kb, vb = to_blocks(q), to_blocks(k), to_blocks(v)
+        if size == 1:  # a block of one token is the token itself (no summary, as in JAX)
+            key_bar, value_bar = kb[:, :, :, 0], vb[:, :, :, 0]
+        else:  # a padded last block is never used: only blocks before a query's own block are.
+            key_bar = ops.max(kb, axis=3)
+            inner = masked_softmax(ops.einsum("bhnd,bhnsd->bhns", ops.max(qb, axis=3), kb), None, dropout_rate,
+                                   seed)
+            value_bar = ops.einsum("bhns,bhnsd->bhnd", ops.cast(inner, v.dtype), vb)
+        key_prev, value_prev = shift(key_bar, 2), shift(value_bar, 2)  # each block sees the block before it
+        logits = ops.reshape(ops.einsum("bhnsd,bhnd->bhns", qb, key_prev), (batch, heads, blocks * size))
+        keep = ((positions // size) % 2 == 1)[:, None]
+        parts.append((logits[:, :, :length, None], keep))
+        region_values.append(value_prev)
+
+    weights = joint_softmax(parts, direct=2, dropout_rate=dropout_rate, seed=seed)  # self and p - 1 are direct
+    out = ops.cast(weights[0], v.dtype) * v
+    for level, (w, value_prev) in enumerate(zip(weights[1:], region_values)):
+        size = 2 ** level
+        blocks = -(-length // size)
+        w = ops.pad(ops.cast(w, v.dtype), [[0, 0], [0, 0], [0, blocks * size - length], [0, 0]])
+        w = ops.reshape(w, (batch, heads, blocks, size, 1))
+        spread = ops.reshape(w * value_prev[:, :, :, None, :], (batch, heads, blocks * size, v.shape[-1]))
+        out = out + spread[:, :, :length]
+    return out
