@@ -43,7 +43,7 @@ from typing import Callable, NamedTuple, Optional, Union
 
 import psutil
 
-BATCH, HEADS, HEAD_DIM = 1, 8, 64
+BATCH, HEADS, HEAD_DIM = 1, 8, 64  # HEADS is the default of --heads
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384)
 BASELINE = "dense"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,16 +59,17 @@ class Kernel(NamedTuple):
     kernel: a name registered in `common.attention`, "module:name" for a name that `module` registers when
       imported (a family's attention module), or the kernel callable itself.
     options: keyword arguments of every call, besides `causal=True`.
-    memory_bytes: optional `length -> bytes` estimate of the step's need; the run skips what cannot fit.
+    memory_bytes: optional `(length, heads) -> bytes` estimate of the step's need; the run skips what cannot
+      fit.
     """
     kernel: Union[str, Callable]
     options: dict
-    memory_bytes: Optional[Callable[[int], float]] = None
+    memory_bytes: Optional[Callable[[int, int], float]] = None
 
 
-def dense_memory_bytes(length):
+def dense_memory_bytes(length, heads):
     """Dense attention's logits and softmax tensors, forward + backward: ~4 float32 [batch, heads, L, L]."""
-    return 4 * BATCH * HEADS * length * length * 4
+    return 4 * BATCH * heads * length * length * 4
 
 
 KERNELS = {
@@ -79,6 +80,13 @@ KERNELS = {
     "combiner_logsparse": Kernel("combiner.attention:combiner", {"variant": "logsparse"}),
     "combiner_axial": Kernel("combiner.attention:combiner", {"variant": "axial", "segment_length": 128}),
     "combiner_mixture": Kernel("combiner.attention:combiner", {"variant": "mixture", "segment_length": 128}),
+    # The Sparse Transformer's patterns at the paper's stride 128: the merged strided head (images) and the
+    # fixed pattern with the enwik8 summary of 32 and the smallest of the paper, 8.
+    "sparse_strided": Kernel("sparse_transformer.attention:sparse", {"pattern": "local+strided", "stride": 128}),
+    "sparse_fixed": Kernel("sparse_transformer.attention:sparse",
+                           {"pattern": "fixed", "stride": 128, "summary": 32, "num_summary_patterns": 2}),
+    "sparse_fixed_c8": Kernel("sparse_transformer.attention:sparse",
+                              {"pattern": "fixed", "stride": 128, "summary": 8, "num_summary_patterns": 2}),
 }
 
 
@@ -165,13 +173,13 @@ def timed_call(fn, *args):
     return time.perf_counter() - start, process_cpu_s() - start_cpu
 
 
-def measure(name, length, repeats, warmup, jit):
+def measure(name, length, repeats, warmup, jit, heads=HEADS):
     """Times one kernel at one length and measures the memory its step needs; returns the numbers."""
     import tensorflow as tf
 
     entry = kernel_entry(name)
     step = make_step(resolve_kernel(entry.kernel), entry.options, jit)
-    shape = (BATCH, HEADS, length, HEAD_DIM)
+    shape = (BATCH, heads, length, HEAD_DIM)
     q, k, v = (tf.random.stateless_normal(shape, seed=(i, 0)) for i in range(3))
     baseline = rss_bytes()
     peak_was_reset = reset_peak_rss()
@@ -196,7 +204,7 @@ def measure(name, length, repeats, warmup, jit):
 
 def worker_main(args):
     """Entry point of the hidden --worker mode: prints one tagged JSON line."""
-    result = measure(args.worker, args.lengths[0], args.repeats, args.warmup, args.jit)
+    result = measure(args.worker, args.lengths[0], args.repeats, args.warmup, args.jit, args.heads)
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
@@ -235,7 +243,8 @@ def last_line(text, prefix=""):
 def run_worker(name, length, args):
     """Measures one (kernel, length) in a fresh process; returns its numbers or a status saying why not."""
     cmd = [sys.executable, "-m", "benchmarks.attention", f"--worker={name}", f"--lengths={length}",
-           f"--repeats={args.repeats}", f"--warmup={args.warmup}"] + (["--jit"] if args.jit else [])
+           f"--repeats={args.repeats}", f"--warmup={args.warmup}", f"--heads={args.heads}"] + (
+               ["--jit"] if args.jit else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=REPO_ROOT)
@@ -282,7 +291,7 @@ def benchmark(name, length, args):
     """One record: skipped when the kernel's estimate does not fit, measured otherwise."""
     record = {"kernel": name, "length": length}
     estimate = kernel_entry(name).memory_bytes
-    need = estimate(length) if estimate else None
+    need = estimate(length, args.heads) if estimate else None
     if need is not None:
         record["estimate_gib"] = need / GIB
     start = time.monotonic()
@@ -347,6 +356,26 @@ def check_linear_memory(records, name="local", maximum=1.2):
     if value is None:
         return label, "NOT MEASURED (fewer than 2 lengths measured)"
     return label, f"{'PASS' if value <= maximum else 'FAIL'} (exponent {value:.2f})"
+
+
+def check_memory_saving(records, name, length, minimum):
+    """Acceptance: `name` at `length` tokens needs at least `minimum` times less memory than dense."""
+    label = f"{name} attention at {length} tokens needs at least {minimum:g}x less memory than dense"
+    record, baseline = find(records, name, length), find(records, BASELINE, length)
+    value = ratio(baseline, record, "memory_mib") if record else None
+    if value is None:
+        missing = [r["kernel"] + " " + r["status"] for r in (baseline, record) if r and r["status"] != "ok"]
+        return label, f"NOT MEASURED ({', '.join(missing) or 'not in this run'})"
+    return label, f"{'PASS' if value >= minimum else 'FAIL'} ({value:.1f}x)"
+
+
+# The issues' targets, per kernel: local (foundation) and the Sparse Transformer's strided and fixed patterns.
+ACCEPTANCE = {
+    "local": (check_speedup, check_linear_memory),
+    **{name: (lambda records, name=name: check_speedup(records, name, 16384, 8.0),
+              lambda records, name=name: check_memory_saving(records, name, 16384, 10.0))
+       for name in ("sparse_strided", "sparse_fixed", "sparse_fixed_c8")},
+}
 
 
 def cpu_model():
@@ -427,12 +456,12 @@ def report(records, names, args, wall_s, loads):
     """The whole Markdown report."""
     kernels = "; ".join(f"{n} {kernel_entry(n).options or '{}'}" for n in names)
     step = "tf.function(jit_compile=True)" if args.jit else "tf.function"
-    checks = [check_speedup(records), check_linear_memory(records)]
+    checks = [check(records) for name in names for check in ACCEPTANCE.get(name, ())]
     lines = [
         f"# Attention kernels: forward + backward{' (XLA)' if args.jit else ''}",
         "",
         f"- Machine: {machine()}",
-        f"- Step: gradient of sum(out) w.r.t. q, k, v in {step}; batch {BATCH}, {HEADS} heads, head dim "
+        f"- Step: gradient of sum(out) w.r.t. q, k, v in {step}; batch {BATCH}, {args.heads} heads, head dim "
         f"{HEAD_DIM}, float32, causal.",
         f"- Kernels: {kernels}",
         f"- Time: median of {args.repeats} calls after {args.warmup} warm-up call(s). Memory: peak RSS of a "
@@ -474,7 +503,7 @@ def save(text, records, names, args, wall_s, loads):
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
     raw = {
         "machine": machine(),
-        "settings": {"batch": BATCH, "heads": HEADS, "head_dim": HEAD_DIM, "causal": True, "jit": args.jit,
+        "settings": {"batch": BATCH, "heads": args.heads, "head_dim": HEAD_DIM, "causal": True, "jit": args.jit,
                      "repeats": args.repeats, "warmup": args.warmup, "lengths": args.lengths,
                      "retries": args.retries, "idle_wait_s": args.idle_wait, "timeout_s": args.timeout,
                      "memory_limit_gib": args.memory_limit_gib},
@@ -507,6 +536,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first; the first traces/compiles")
     parser.add_argument("--jit", action="store_true", help="run the step under tf.function(jit_compile=True)")
+    parser.add_argument("--heads", type=int, default=HEADS, help="attention heads (default: %(default)s)")
     parser.add_argument("--retries", type=int, default=1,
                         help="re-measure a (kernel, length) up to this many times while other processes used "
                              "more than 10%% of the CPU during its timed calls; the least disturbed is kept")

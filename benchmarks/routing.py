@@ -38,7 +38,7 @@ PEER_SCRIPT = os.path.join(harness.REPO_ROOT, "benchmarks", "peers", "routing_tr
 def memory_estimate(config, length):
     """Dense attention's [heads, L, L] logits and probabilities forward + backward, per layer; else 0."""
     layers = LAYERS if config == "dense_model" else 1
-    return layers * harness.dense_memory_bytes(length) if config.startswith("dense") else 0
+    return layers * harness.dense_memory_bytes(length, HEADS) if config.startswith("dense") else 0
 
 
 def build(config, length, window):

@@ -27,6 +27,7 @@ from combiner.mixture import mixture_attention
 from combiner.summaries import check_local_summary
 from common.attention import checks, register_kernel
 from common.layers import LayerNorm, SelfAttention
+from common.layers.attention import matrix_initializer
 from common.serialization import fresh_initializer
 
 VARIANTS = ("fixed", "logsparse", "axial", "mixture")
@@ -182,7 +183,8 @@ class CombinerAttention(SelfAttention):
         self.row_norm = self.projection_dropout_layer = None
         if self.uses_row_projection:
             self.row_norm = LayerNorm(ROW_NORM_EPSILON, name="row_norm", dtype=self.dtype_policy)
-            self.projection_dropout_layer = keras.layers.Dropout(projection_dropout, seed=seed)
+            self.projection_dropout_layer = keras.layers.Dropout(projection_dropout, seed=seed,
+                                                                 dtype=self.dtype_policy)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -200,10 +202,12 @@ class CombinerAttention(SelfAttention):
         self.row_output_kernel = self.row_output_bias = self.row_key_kernel = self.row_key_bias = None
         if self.uses_row_projection:
             summary_dim = self.value_dim if self.row_summary == "proj" else self.key_dim
-            self.row_output_kernel = weight("row_output_kernel", (self.num_heads, summary_dim, dim),
-                                            self.output_initializer)
-            self.row_key_kernel = weight("row_key_kernel", (dim, self.num_heads, self.key_dim),
-                                         self.kernel_initializer)
+            self.row_output_kernel = self.add_weight(
+                name="row_output_kernel", shape=(self.num_heads, summary_dim, dim),
+                initializer=matrix_initializer(self.output_initializer, self.num_heads * summary_dim))
+            self.row_key_kernel = self.add_weight(
+                name="row_key_kernel", shape=(dim, self.num_heads, self.key_dim),
+                initializer=matrix_initializer(self.kernel_initializer, dim))
             if self.use_bias:
                 self.row_output_bias = weight("row_output_bias", (dim,), "zeros")
                 self.row_key_bias = weight("row_key_bias", (self.num_heads, self.key_dim), "zeros")

@@ -20,11 +20,13 @@ def register_configurables():
         return
     import combiner
     import routing_transformer  # Families are imported here so that gin files can name their models.
+    import sparse_transformer
 
     gin.register(DecoderLM, module="common")
     gin.register(routing_transformer.RoutingTransformerLM, module="routing_transformer")
     gin.register(routing_transformer.RoutingAttention, module="routing_transformer")
     gin.register(combiner.CombinerLM, module="combiner")
+    gin.register(sparse_transformer.SparseTransformerLM, module="sparse_transformer")
     gin.register(schedules.RsqrtDecay, module="common")
     gin.register(schedules.WarmupCosine, module="common")
     for optimizer in (keras.optimizers.Adam, keras.optimizers.AdamW, keras.optimizers.Adafactor,

@@ -23,7 +23,8 @@ class DecoderLM(keras.Model):
       num_layers, hidden_dim: depth and width.
       attention: an attention layer (copied for every layer) or a list of `num_layers` attention layers
         (e.g. local-only first layers, interleaved patterns). Serialised configs are accepted too.
-      ffn_dim, ffn_activation, ffn_use_bias, ffn_dropout: the feed-forward sub-layer (see `FeedForward`).
+      ffn_dim, ffn_activation, ffn_use_bias, ffn_dropout, ffn_chunk_size: the feed-forward sub-layer (see
+        `FeedForward`).
       embedding_dim: token embedding width; when it differs from hidden_dim, a dense layer (with bias) maps
         embeddings to hidden_dim and another maps the final hidden state back before the output head.
       position_axes: None for no absolute positions (the Routing Transformer relies on relative attention),
@@ -34,16 +35,20 @@ class DecoderLM(keras.Model):
       tie_embeddings: the output head reuses the token embedding matrix.
       output_bias: a bias on the output logits.
       kernel_initializer: initialiser of feed-forward input projections; ffn_output_initializer of the
-        feed-forward output projection; embeddings_initializer of the token and position embeddings and the
-        start vector; logits_initializer of an untied output head.
+        feed-forward output projection; embeddings_initializer of the token embeddings and the start vector;
+        position_initializer of the position tables (default embeddings_initializer); logits_initializer of
+        an untied output head.
+      remat: recompute the blocks' branches in the backward pass instead of storing their activations
+        (see `DecoderBlock`).
     """
 
     def __init__(self, vocabulary_size, num_layers, hidden_dim, attention, ffn_dim, ffn_activation="gelu",
-                 ffn_use_bias=True, ffn_dropout=0.0, embedding_dim=None, position_axes=None,
+                 ffn_use_bias=True, ffn_dropout=0.0, ffn_chunk_size=None, embedding_dim=None, position_axes=None,
                  norm_placement="pre", norm_epsilon=1e-6, final_norm=None, dropout=0.0, input_dropout=0.0,
                  tie_embeddings=False, output_bias=True, kernel_initializer="glorot_uniform",
                  ffn_output_initializer=None, embeddings_initializer="glorot_uniform",
-                 logits_initializer="glorot_uniform", seed=None, **kwargs):
+                 logits_initializer="glorot_uniform", position_initializer=None, seed=None, remat=False,
+                 **kwargs):
         super().__init__(**kwargs)
         for name, value in (("vocabulary_size", vocabulary_size), ("num_layers", num_layers),
                             ("hidden_dim", hidden_dim), ("ffn_dim", ffn_dim)):
@@ -59,6 +64,7 @@ class DecoderLM(keras.Model):
         self.ffn_activation = ffn_activation
         self.ffn_use_bias = ffn_use_bias
         self.ffn_dropout = ffn_dropout
+        self.ffn_chunk_size = ffn_chunk_size
         self.embedding_dim = embedding_dim or hidden_dim
         self.position_axes = tuple(position_axes) if position_axes else None
         self.norm_placement = norm_placement
@@ -72,7 +78,9 @@ class DecoderLM(keras.Model):
         self.ffn_output_initializer = keras.initializers.get(ffn_output_initializer or kernel_initializer)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.logits_initializer = keras.initializers.get(logits_initializer)
+        self.position_initializer = keras.initializers.get(position_initializer or embeddings_initializer)
         self.seed = seed
+        self.remat = remat
 
         self.token_embedding = keras.layers.Embedding(
             vocabulary_size, self.embedding_dim, name="token_embedding", dtype=self.dtype_policy,
@@ -86,20 +94,21 @@ class DecoderLM(keras.Model):
         self.position_embedding = None
         if self.position_axes:
             self.position_embedding = FactorizedPositionEmbedding(self.position_axes, name="position_embedding",
-                                                                  initializer=self.embeddings_initializer,
+                                                                  initializer=self.position_initializer,
                                                                   dtype=self.dtype_policy)
-        self.input_dropout_layer = keras.layers.Dropout(input_dropout, seed=seed)
+        self.input_dropout_layer = keras.layers.Dropout(input_dropout, seed=seed, dtype=self.dtype_policy)
         # A tuple, not a list: tf.train.Checkpoint does not see layers in Keras 3's tracked lists (they would
         # only be saved by position; see common.train.untracked_variables).
         self.blocks = tuple(
             DecoderBlock(
                 fresh_copy(layer, f"attention_{i}"),
                 FeedForward(ffn_dim, ffn_activation, use_bias=ffn_use_bias, dropout=ffn_dropout,
+                            chunk_size=ffn_chunk_size,
                             kernel_initializer=self.kernel_initializer,
                             output_initializer=self.ffn_output_initializer, name=f"feed_forward_{i}",
                             dtype=self.dtype_policy),
-                norm_placement=norm_placement, norm_epsilon=norm_epsilon, dropout=dropout, name=f"block_{i}",
-                dtype=self.dtype_policy)
+                norm_placement=norm_placement, norm_epsilon=norm_epsilon, dropout=dropout, remat=remat,
+                name=f"block_{i}", dtype=self.dtype_policy)
             for i, layer in enumerate(attention_list))
         self.final_norm_layer = LayerNorm(norm_epsilon, name="final_norm",
                                           dtype=self.dtype_policy) if self.final_norm else None
@@ -170,12 +179,13 @@ class DecoderLM(keras.Model):
             vocabulary_size=self.vocabulary_size, num_layers=self.num_layers, hidden_dim=self.hidden_dim,
             attention=[keras.saving.serialize_keras_object(block.attention) for block in self.blocks],
             ffn_dim=self.ffn_dim, ffn_activation=self.ffn_activation, ffn_use_bias=self.ffn_use_bias,
-            ffn_dropout=self.ffn_dropout, embedding_dim=self.embedding_dim,
+            ffn_dropout=self.ffn_dropout, ffn_chunk_size=self.ffn_chunk_size, embedding_dim=self.embedding_dim,
             position_axes=list(self.position_axes) if self.position_axes else None,
             norm_placement=self.norm_placement, norm_epsilon=self.norm_epsilon, final_norm=self.final_norm,
             dropout=self.dropout, input_dropout=self.input_dropout, tie_embeddings=self.tie_embeddings,
             output_bias=self.output_bias, kernel_initializer=serialize(self.kernel_initializer),
             ffn_output_initializer=serialize(self.ffn_output_initializer),
             embeddings_initializer=serialize(self.embeddings_initializer),
-            logits_initializer=serialize(self.logits_initializer), seed=self.seed)
+            logits_initializer=serialize(self.logits_initializer),
+            position_initializer=serialize(self.position_initializer), seed=self.seed, remat=self.remat)
         return config

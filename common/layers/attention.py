@@ -7,6 +7,25 @@ from common.attention import checks, get_kernel
 from common.serialization import fresh_initializer
 
 
+def matrix_initializer(initializer, fan_in):
+    """Initialises a [dim, heads, head_dim] or [heads, head_dim, dim] kernel as the [fan_in, fan_out] matrix
+    it is.
+
+    Keras computes fans of a rank-3 kernel as for a convolution (fan_in = heads x dim for the first shape), so
+    fan-based initialisers (Glorot, variance scaling) would draw from the wrong scale; the papers' projections
+    are plain dense layers.
+    """
+    initializer = fresh_initializer(initializer)
+
+    def initialize(shape, dtype=None):
+        fan_out = 1
+        for size in shape:
+            fan_out *= size
+        return ops.reshape(initializer((fan_in, fan_out // fan_in), dtype=dtype), shape)
+
+    return initialize
+
+
 @keras.saving.register_keras_serializable(package="common")
 class SelfAttention(keras.layers.Layer):
     """Projects x to per-head q, k, v, runs an attention kernel, and projects the heads back.
@@ -57,8 +76,9 @@ class SelfAttention(keras.layers.Layer):
         heads = self.num_heads
 
         def projection(name, shape, initializer):
+            inputs = dim if name != "output" else heads * self.value_dim
             kernel = self.add_weight(name=f"{name}_kernel", shape=shape,
-                                     initializer=fresh_initializer(initializer))
+                                     initializer=matrix_initializer(initializer, inputs))
             bias = self.add_weight(name=f"{name}_bias", shape=shape[-1:] if name == "output" else shape[1:],
                                    initializer="zeros") if self.use_bias else None
             return kernel, bias

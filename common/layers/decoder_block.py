@@ -19,10 +19,14 @@ class DecoderBlock(keras.layers.Layer):
       norm_placement: "pre" or "post".
       norm_epsilon: LayerNorm epsilon.
       dropout: residual dropout at the end of each sub-layer branch.
+      remat: recompute each branch (norm and sub-layer; residual dropout stays outside) in the backward pass
+        instead of storing its activations (`keras.remat`): less memory, one more forward pass. The
+        sub-layers must then have no dropout of their own (the recompute would draw new masks) and no state
+        updates (they would run twice).
     """
 
     def __init__(self, attention, feed_forward, norm_placement="pre", norm_epsilon=1e-6, dropout=0.0,
-                 seed=None, **kwargs):
+                 seed=None, remat=False, **kwargs):
         super().__init__(**kwargs)
         if norm_placement not in NORM_PLACEMENTS:
             raise ValueError(f"unknown norm_placement {norm_placement!r}; choose one of {NORM_PLACEMENTS}.")
@@ -32,9 +36,16 @@ class DecoderBlock(keras.layers.Layer):
         self.norm_epsilon = norm_epsilon
         self.dropout = dropout
         self.seed = seed
+        self.remat = remat
+        if remat:
+            for layer in (self.attention, self.feed_forward):
+                if getattr(layer, "dropout", 0.0):
+                    raise ValueError(f"remat=True recomputes {layer.name} in the backward pass, which would "
+                                     f"redraw its dropout masks; set its dropout to 0 (got {layer.dropout}) or "
+                                     f"use remat=False. Residual dropout is fine.")
         self.attention_norm = LayerNorm(norm_epsilon, name="attention_norm", dtype=self.dtype_policy)
         self.feed_forward_norm = LayerNorm(norm_epsilon, name="feed_forward_norm", dtype=self.dtype_policy)
-        self.residual_dropout = keras.layers.Dropout(dropout, seed=seed)
+        self.residual_dropout = keras.layers.Dropout(dropout, seed=seed, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         for layer in (self.attention_norm, self.attention, self.feed_forward_norm, self.feed_forward):
@@ -43,8 +54,11 @@ class DecoderBlock(keras.layers.Layer):
 
     def _sublayer(self, x, layer, norm, training):
         if self.norm_placement == "pre":
-            return x + self.residual_dropout(layer(norm(x), training=training), training=training)
-        return norm(x + self.residual_dropout(layer(x, training=training), training=training))
+            branch = lambda y: layer(norm(y), training=training)  # noqa: E731
+        else:
+            branch = lambda y: layer(y, training=training)  # noqa: E731
+        y = self.residual_dropout((keras.remat(branch) if self.remat else branch)(x), training=training)
+        return x + y if self.norm_placement == "pre" else norm(x + y)
 
     def call(self, x, training=None):
         x = self._sublayer(x, self.attention, self.attention_norm, training)
@@ -58,6 +72,6 @@ class DecoderBlock(keras.layers.Layer):
         config.update(attention=keras.saving.serialize_keras_object(self.attention),
                       feed_forward=keras.saving.serialize_keras_object(self.feed_forward),
                       norm_placement=self.norm_placement, norm_epsilon=self.norm_epsilon, dropout=self.dropout,
-                      seed=self.seed)
+                      seed=self.seed, remat=self.remat)
         return config
 

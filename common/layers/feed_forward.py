@@ -40,15 +40,25 @@ class FeedForward(keras.layers.Layer):
       kernel_initializer, output_initializer: initialisers of the input and output projections (the Sparse
         Transformer scales the output one by 1 / sqrt(2 N)); output_initializer defaults to the first.
       output_dim: width of the output; default the input width.
+      chunk_size: None transforms the whole sequence at once. A number of positions transforms it in chunks,
+        each recomputed in the backward pass (`keras.remat`), so that training keeps one chunk's inner
+        activations at a time instead of length x hidden_dim (for very long sequences; needs no dropout here,
+        which the recompute would redraw).
     """
 
     def __init__(self, hidden_dim, activation="relu", use_bias=True, dropout=0.0,
                  kernel_initializer="glorot_uniform", output_initializer=None, output_dim=None, seed=None,
-                 **kwargs):
+                 chunk_size=None, **kwargs):
         super().__init__(**kwargs)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
         checks.check_positive_int("hidden_dim", hidden_dim)
+        if chunk_size is not None:
+            checks.check_positive_int("chunk_size", chunk_size)
+            if dropout:
+                raise ValueError(f"chunk_size recomputes the feed-forward in the backward pass, which would redraw "
+                                 f"its dropout masks; set dropout to 0 (got {dropout}) or chunk_size to None.")
+        self.chunk_size = chunk_size
         self.hidden_dim = hidden_dim
         self.activation = activation
         self.use_bias = use_bias
@@ -57,7 +67,7 @@ class FeedForward(keras.layers.Layer):
         self.output_initializer = keras.initializers.get(output_initializer or kernel_initializer)
         self.output_dim = output_dim
         self.seed = seed
-        self._dropout_layer = keras.layers.Dropout(dropout, seed=seed)
+        self._dropout_layer = keras.layers.Dropout(dropout, seed=seed, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         dim = input_shape[-1]
@@ -77,6 +87,14 @@ class FeedForward(keras.layers.Layer):
         self.outer.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
 
     def call(self, x, training=None):
+        length = x.shape[1] if len(x.shape) == 3 else None
+        if self.chunk_size is None or length is None or length <= self.chunk_size:
+            return self.transform(x, training)
+        transform = keras.remat(lambda chunk: self.transform(chunk, training))
+        return ops.concatenate([transform(x[:, start:start + self.chunk_size])
+                                for start in range(0, length, self.chunk_size)], axis=1)
+
+    def transform(self, x, training=None):
         h = ACTIVATIONS[self.activation](self.inner(x))
         if self.gate is not None:
             h = h * self.gate(x)
@@ -88,7 +106,7 @@ class FeedForward(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(hidden_dim=self.hidden_dim, activation=self.activation, use_bias=self.use_bias,
-                      dropout=self.dropout, seed=self.seed, output_dim=self.output_dim,
+                      dropout=self.dropout, seed=self.seed, output_dim=self.output_dim, chunk_size=self.chunk_size,
                       kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
                       output_initializer=keras.initializers.serialize(self.output_initializer))
         return config

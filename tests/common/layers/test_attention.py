@@ -1,5 +1,8 @@
 """SelfAttention against a manual computation from its weights, relative positions, causality, errors."""
 
+import math
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -210,3 +213,15 @@ def test_config_keeps_options():
 def test_standard_layer_checks(kwargs):
     x = _inputs(seed=9, length=10)
     run_layer_checks(SelfAttention, kwargs, x, x.shape)
+
+
+def test_fan_based_initialisers_see_the_projection_matrices():
+    """A [dim, heads, head_dim] kernel is a dim x (heads head_dim) matrix: variance 1 / fan_in must use dim,
+    not heads x dim as Keras' convolution-style fans of a rank-3 shape would."""
+    init = keras.initializers.VarianceScaling(1.0, mode="fan_in", distribution="untruncated_normal")
+    layer = SelfAttention(num_heads=8, key_dim=32, kernel_initializer=init)
+    layer.build((1, 4, 256))
+    assert abs(float(np.std(np.asarray(layer.query[0]))) - 1 / math.sqrt(256)) < 0.003
+    assert abs(float(np.std(np.asarray(layer.output_projection[0]))) - 1 / math.sqrt(8 * 32)) < 0.003
+    keys, values = np.asarray(layer.key[0]), np.asarray(layer.value[0])
+    assert not np.allclose(keys, values)  # every weight draws its own values

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from common.layers import FeedForward
 from tests.layer_checks import run_layer_checks
@@ -152,3 +153,28 @@ def test_config_keeps_options():
 def test_standard_layer_checks(activation):
     x = _inputs(seed=4, shape=(2, 4, 6))
     run_layer_checks(FeedForward, dict(hidden_dim=8, activation=activation, output_dim=5), x, (2, 4, 5))
+
+
+@pytest.mark.parametrize("length, chunk_size", [(12, 4), (13, 5), (6, 8)])
+def test_chunks_give_the_same_outputs_and_gradients(length, chunk_size):
+    """chunk_size only changes what the backward pass keeps (each chunk is recomputed), not the numbers."""
+    x = tf.constant(_inputs(seed=5, shape=(2, length, 6)))
+    whole = FeedForward(16, activation="gelu_sigmoid")
+    chunked = FeedForward(16, activation="gelu_sigmoid", chunk_size=chunk_size)
+    whole(x), chunked(x)
+    chunked.set_weights(whole.get_weights())
+
+    def outputs_and_gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        return [y] + tape.gradient(loss, [x] + layer.trainable_variables)
+
+    for got, want in zip(outputs_and_gradients(chunked), outputs_and_gradients(whole)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_chunks_refuse_dropout():
+    with pytest.raises(ValueError, match="redraw its dropout masks"):
+        FeedForward(8, dropout=0.1, chunk_size=4)
