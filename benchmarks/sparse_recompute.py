@@ -113,6 +113,8 @@ def run_one(config, length, args):
     if killed:
         return {"status": killed}
     result = last_line(stdout, RESULT_TAG)
+    if proc.returncode < 0:
+        return {"status": f"killed by signal {-proc.returncode} (out of memory)"}
     if proc.returncode != 0 or not result:
         return {"status": "error", "error": (last_line(stderr) or f"exit code {proc.returncode}")[-300:]}
     return {"status": "ok", **json.loads(result[len(RESULT_TAG):])}
