@@ -74,9 +74,16 @@ class OnlineKMeans(keras.layers.Layer):
 
     def commitment_loss(self, x, assignment):
         """beta * mean((x - stop_gradient(centroid[assignment]))^2): gradients reach x, never the centroids."""
-        one_hot = ops.one_hot(ops.cast(assignment, "int32"), self.num_clusters, dtype="float32")
-        chosen = ops.einsum("bhlc,hcd->bhld", one_hot, ops.cast(self.centroids, "float32"))
-        return self.beta * ops.mean(ops.square(ops.cast(x, "float32") - ops.stop_gradient(chosen)))
+        chosen = ops.stop_gradient(self.assigned_centroids(assignment))
+        return self.beta * ops.mean(ops.square(ops.cast(x, "float32") - chosen))
+
+    def assigned_centroids(self, assignment):
+        """The float32 centroid of every assignment [batch, heads, length] -> [batch, heads, length, dim]
+        (a gather of rows, not a one-hot product)."""
+        heads = self.num_heads
+        rows = ops.cast(assignment, "int32") + (ops.arange(heads, dtype="int32") * self.num_clusters)[:, None]
+        table = ops.reshape(ops.cast(self.centroids, "float32"), (heads * self.num_clusters, -1))
+        return ops.take(table, rows, axis=0)
 
     def statistics(self, x, assignment):
         """Per-head (count [heads, clusters], sum [heads, clusters, dim]) of this batch; sum these across

@@ -21,14 +21,15 @@ count + 0.01, shrinking every output by 1/1.01); the causal mask compares positi
 original's rank mask with `share_qk` and stays exactly causal without it (where the rank mask leaks).
 
 Cost: scores are [length, clusters]; attention is clusters x window^2 = O(length x window) for
-clusters x window ~ length. No length x length tensor.
+clusters x window ~ length. No length x length tensor, and in training no [clusters, window, window] one kept
+for the backward pass (`common.attention.local.block_attention` recomputes the weights there).
 """
 
 import keras
 from keras import ops
 
 from common.attention import checks, get_kernel, local_attention, register_kernel, relative
-from common.attention.softmax import masked_softmax
+from common.attention.local import block_attention
 from common.kmeans import OnlineKMeans
 from common.layers import SelfAttention, layer_norm
 from common.serialization import fresh_initializer
@@ -156,17 +157,16 @@ def _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, 
     k_c = q_c if share_qk else _gather(keys, k_rows, cluster_shape)
     v_c = _gather(v, k_rows, cluster_shape)
 
-    logits = ops.cast(ops.einsum("bhcqd,bhckd->bhcqk", q_c, k_c), "float32")
-    ranks = ops.arange(window)[None, :] - ops.arange(window)[:, None]
-    if relative_keys is not None:
-        rel_k = ops.cast(relative.relative_embeddings(relative_keys, ranks), q_c.dtype)
-        logits = logits + ops.cast(ops.einsum("bhcqd,qkd->bhcqk", q_c, rel_k), "float32")
-    keep = k_members[:, :, :, None, :] <= q_members[:, :, :, :, None] if causal else None
-    weights = ops.cast(masked_softmax(logits * scale, keep, dropout_rate, seed), v.dtype)
-    out_c = ops.einsum("bhcqk,bhckd->bhcqd", weights, v_c)
-    if relative_values is not None:
-        rel_v = ops.cast(relative.relative_embeddings(relative_values, ranks), v.dtype)
-        out_c = out_c + ops.einsum("bhcqk,qkd->bhcqd", weights, rel_v)
+    # Relative positions are ranks inside the cluster: key rank j is at distance j - i from query rank i.
+    keep = None
+    if causal and share_qk:
+        # Members are distinct and sorted, so position j <= position i is rank j <= rank i: one [window,
+        # window] mask for every cluster.
+        keep = ops.arange(window)[None, :] <= ops.arange(window)[:, None]
+    elif causal:
+        keep = k_members[:, :, :, None, :] <= q_members[:, :, :, :, None]
+    out_c = block_attention(q_c, k_c, v_c, keep, scale=scale, relative_keys=relative_keys,
+                            relative_values=relative_values, dropout_rate=dropout_rate, seed=seed)
     return _scatter_mean(out_c, q_rows, v)
 
 
@@ -270,19 +270,38 @@ class RoutingAttention(SelfAttention):
             self.head_kernel = self.add_weight(name="head_kernel", shape=(self.value_dim, self.value_dim),
                                                initializer=fresh_initializer(self.kernel_initializer))
 
+    @property
+    def key_heads(self):
+        """With share_qk the routing heads use their queries as keys: only the local heads get key weights."""
+        return self.local_heads if self.share_qk else self.num_heads
+
     def attend(self, q, k, v, training=None):
         outputs = []
         dropout = dict(dropout_rate=self.dropout, seed=self.seed_generator) if training and self.dropout else {}
-        if self.routing_heads:
-            r = self.routing_heads
+        r = self.routing_heads
+        # With share_qk, k holds only the local heads (see key_heads).
+        k_routing, k_local = (None, k) if self.share_qk else (k, k)
+        if r and self.local_heads:
+            # One split per tensor: its gradient is a concatenation, where two slices would each scatter into a
+            # zero tensor of all heads.
+            (q_routing, q_local), (v_routing, v_local) = (ops.split(x, [r], axis=1) for x in (q, v))
+            if not self.share_qk:
+                k_routing, k_local = ops.split(k, [r], axis=1)
+        else:
+            q_routing = q_local = q
+            v_routing = v_local = v
+        if r:
             routed, aux = routing_attention(
-                q[:, :r], None if self.share_qk else k[:, :r], v[:, :r], centroids=self.kmeans.centroids,
+                q_routing, k_routing, v_routing, centroids=self.kmeans.centroids,
                 window=self.window, causal=self.causal, share_qk=self.share_qk, routing=self.routing,
                 relative_keys=self.routing_relative_keys, relative_values=self.routing_relative_values,
                 require_coverage=self.require_coverage, **dropout)
-            # As the original: one term for the queries and one for the keys (twice the same with share_qk).
-            self.add_loss(self.kmeans.commitment_loss(aux["queries"], aux["query_assignment"]) +
-                          self.kmeans.commitment_loss(aux["keys"], aux["key_assignment"]))
+            # As the original: one term for the queries and one for the keys (twice the same with share_qk,
+            # computed once).
+            query_loss = self.kmeans.commitment_loss(aux["queries"], aux["query_assignment"])
+            key_loss = (query_loss if self.share_qk else
+                        self.kmeans.commitment_loss(aux["keys"], aux["key_assignment"]))
+            self.add_loss(query_loss + key_loss)
             if training:
                 vectors, assignment = aux["queries"], aux["query_assignment"]
                 if not self.share_qk:
@@ -294,8 +313,7 @@ class RoutingAttention(SelfAttention):
             options = dict(self.kernel_options, **dropout)
             if self.relative_keys is not None:
                 options.update(relative_keys=self.relative_keys, relative_values=self.relative_values)
-            outputs.append(get_kernel("local")(q[:, self.routing_heads:], k[:, self.routing_heads:],
-                                               v[:, self.routing_heads:], causal=self.causal, **options))
+            outputs.append(get_kernel("local")(q_local, k_local, v_local, causal=self.causal, **options))
         heads = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
         if self.head_kernel is not None:
             heads = ops.einsum("bhld,de->bhle", heads, self.head_kernel)

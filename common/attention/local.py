@@ -5,6 +5,10 @@ when `causal`), to `look_back` previous blocks and, when bidirectional, to `look
 gathered per block into a window of (look_back + 1 + look_ahead) blocks, so time and memory are
 O(length x window): no length x length tensor is ever built. A length that is not a multiple of the block is
 padded inside and the output cut; padded keys are masked out.
+
+`block_attention` is the shared core (also of the Routing Transformer's clusters): without dropout it writes
+its gradient out and recomputes the attention weights in the backward pass, so training keeps no
+[blocks, block, window] tensor between the passes.
 """
 
 import math
@@ -12,7 +16,7 @@ import math
 from keras import ops
 
 from common.attention import checks, masks, relative
-from common.attention.softmax import masked_softmax
+from common.attention.softmax import MASK_VALUE, masked_softmax
 
 
 def local_attention(q, k, v, *, block_size, look_back=1, look_ahead=None, causal=True, scale=None,
@@ -59,27 +63,12 @@ def local_attention(q, k, v, *, block_size, look_back=1, look_ahead=None, causal
 
     def query_blocks(x):
         """[b, h, length, ...] -> [b, h, blocks, block_size, ...]."""
-        x = ops.pad(x, [[0, 0], [0, 0], [0, padding]] + [[0, 0]] * (len(x.shape) - 3))
+        if not isinstance(padding, int) or padding:
+            x = ops.pad(x, [[0, 0], [0, 0], [0, padding]] + [[0, 0]] * (len(x.shape) - 3))
         return ops.reshape(x, (batch, heads, num_blocks, block_size) + tuple(x.shape[3:]))
-
-    def key_windows(x):
-        """[b, h, length, ...] -> [b, h, blocks, window, ...]: each block's keys, previous blocks first."""
-        rest = tuple(x.shape[3:])
-        x = ops.pad(x, [[0, 0], [0, 0], [look_back * block_size, padding + look_ahead * block_size]] +
-                    [[0, 0]] * len(rest))
-        x = ops.reshape(x, (batch, heads, num_blocks + look_back + look_ahead, block_size) + rest)
-        shifted = [x[:, :, offset:offset + num_blocks] for offset in range(look_back + 1 + look_ahead)]
-        return ops.reshape(ops.concatenate(shifted, axis=3), (batch, heads, num_blocks, window) + rest)
-
-    q_blocks, k_windows, v_windows = query_blocks(q), key_windows(k), key_windows(v)
-    logits = ops.cast(ops.einsum("bhnqd,bhnkd->bhnqk", q_blocks, k_windows), "float32")
 
     # Offsets of window slots relative to each query: the same for every block.
     distances = ops.arange(window)[None, :] - look_back * block_size - ops.arange(block_size)[:, None]
-    if relative_keys is not None:
-        rel_k = ops.cast(relative.relative_embeddings(relative_keys, distances), q.dtype)
-        logits = logits + ops.cast(ops.einsum("bhnqd,qkd->bhnqk", q_blocks, rel_k), "float32")
-
     block_starts = ops.arange(num_blocks) * block_size
     key_positions = block_starts[:, None] + ops.arange(window)[None, :] - look_back * block_size
     keep = ops.logical_and(key_positions >= 0, key_positions < length)[:, None, :]
@@ -88,13 +77,172 @@ def local_attention(q, k, v, *, block_size, look_back=1, look_ahead=None, causal
     if max_distance is not None:
         keep = ops.logical_and(keep, (ops.abs(distances) < max_distance)[None])
     if segment_ids is not None:
-        same = query_blocks(segment_ids)[..., :, None] == key_windows(segment_ids)[..., None, :]
+        segments = query_blocks(segment_ids)
+        same = segments[..., :, None] == _windows(segments, look_back, look_ahead)[..., None, :]
         keep = ops.logical_and(keep, same)
-    weights = masked_softmax(logits * scale, keep, dropout_rate, seed)
-    weights = ops.cast(weights, v.dtype)
-    out = ops.einsum("bhnqk,bhnkd->bhnqd", weights, v_windows)
-    if relative_values is not None:
-        rel_v = ops.cast(relative.relative_embeddings(relative_values, distances), v.dtype)
-        out = out + ops.einsum("bhnqk,qkd->bhnqd", weights, rel_v)
+    out = block_attention(query_blocks(q), query_blocks(k), query_blocks(v), keep, scale=scale,
+                          look_back=look_back, look_ahead=look_ahead, relative_keys=relative_keys,
+                          relative_values=relative_values, dropout_rate=dropout_rate, seed=seed)
     out = ops.reshape(out, (batch, heads, num_blocks * block_size, v.shape[-1]))
-    return out[:, :, :length]
+    return out if isinstance(padding, int) and not padding else out[:, :, :length]
+
+
+def block_attention(q, k, v, keep=None, *, scale, look_back=0, look_ahead=0, relative_keys=None,
+                    relative_values=None, dropout_rate=0.0, seed=None):
+    """Attention inside blocks: every block of queries attends to a window of key blocks.
+
+    `softmax(scale * (q . k + q . R_k[distance]), masked by keep) . (v + R_v[distance])` over each window, the
+    softmax in float32 as `masked_softmax` (rows with no kept key give zeros).
+
+    Args:
+      q: [batch, heads, blocks, queries, key_dim].
+      k, v: [batch, heads, blocks, block_keys, dim]. The window of query block i is key blocks i - look_back,
+        ..., i + look_ahead (all zeros beyond either end, which `keep` must mask), keys = (look_back + 1 +
+        look_ahead) x block_keys of them; key slot j of the window is at distance `j - i - look_back x
+        block_keys` from query slot i. Windows are built inside, so overlapping ones are not kept between the
+        passes.
+      keep: bool, broadcastable to [batch, heads, blocks, queries, keys], or None.
+      scale: logits multiplier.
+      look_back, look_ahead: key blocks before and after the query block in its window.
+      relative_keys, relative_values: optional Shaw tables [2m + 1, dim], indexed by the distance clipped to
+        the table.
+      dropout_rate, seed: dropout on the attention probabilities.
+
+    Returns:
+      [batch, heads, blocks, queries, value_dim].
+
+    Memory: without dropout the gradient is written out and the attention weights are recomputed in the
+    backward pass, so training keeps no [batch, heads, blocks, queries, keys] tensor between the passes (only
+    the inputs), where automatic differentiation would keep the softmax, the masked weights and the mask as
+    float, and no [queries, keys, dim] relative rows. The gradients are the same up to rounding. With dropout
+    the plain formulation is used (the backward would need the dropout mask).
+    """
+    queries, keys = q.shape[-2], (look_back + 1 + look_ahead) * k.shape[-2]
+    distances = ops.arange(keys)[None, :] - ops.arange(queries)[:, None] - look_back * k.shape[-2]
+
+    def windows(x):
+        return _windows(x, look_back, look_ahead)
+
+    if dropout_rate:
+        logits = _block_logits(q, windows(k), _relative_rows(relative_keys, distances, q.dtype))
+        weights = masked_softmax(logits * scale, keep, dropout_rate, seed)
+        return _block_mix(weights, windows(v), _relative_rows(relative_values, distances, v.dtype))
+    # Read into tensors here, so that the custom gradient sees tensors, not variables read inside it.
+    tables = [ops.copy(t) for t in (relative_keys, relative_values) if t is not None]
+    has_keys, has_values = relative_keys is not None, relative_values is not None
+
+    def weights_of(q, k, table_k):
+        return _masked_softmax(_block_logits(q, k, _relative_rows(table_k, distances, q.dtype)) * scale, keep)
+
+    @ops.custom_gradient
+    def attend(q, k, v, *tables):
+        table_k = tables[0] if has_keys else None
+        table_v = tables[-1] if has_values else None
+        rel_v = _relative_rows(table_v, distances, v.dtype)
+        out = _block_mix(weights_of(q, windows(k), table_k), windows(v), rel_v)
+
+        # No `variables` argument: the tables come in as tensors, and a captured variable should fail loudly.
+        def backward(grad):
+            # Recompute from the inputs, after `grad` exists: an op that reads only forward tensors would run
+            # during the forward pass and hold its output until here.
+            grad = ops.cast(grad, v.dtype)
+            after = _zero_after(grad)
+            q_, k_, v_, table_k_, table_v_ = [None if x is None else x + ops.cast(after, x.dtype)
+                                              for x in (q, k, v, table_k, table_v)]
+            k_, v_ = windows(k_), windows(v_)
+            weights = weights_of(q_, k_, table_k_)
+            weights_v = ops.cast(weights, v.dtype)
+            grad_v = _unwindow(ops.einsum("bhnqk,bhnqd->bhnkd", weights_v, grad), look_back, look_ahead)
+            grad_weights = ops.einsum("bhnqd,bhnkd->bhnqk", grad, v_)
+            grad_tables = []
+            if table_v is not None:
+                rel_v = _relative_rows(table_v_, distances, v.dtype)
+                grad_weights = grad_weights + ops.einsum("bhnqd,qkd->bhnqk", grad, rel_v)
+                grad_tables.append(_table_gradient(ops.einsum("bhnqk,bhnqd->qkd", weights_v, grad), table_v,
+                                                   distances))
+            grad_weights = ops.cast(grad_weights, "float32")
+            # Softmax backward; masked entries have weight 0, so their logits get 0 as through the mask. `scale`
+            # multiplies the small gradients, not this [.., queries, keys] one.
+            grad_logits = weights * (grad_weights - ops.sum(grad_weights * weights, axis=-1, keepdims=True))
+            grad_logits = ops.cast(grad_logits, q.dtype)
+            grad_q = ops.einsum("bhnqk,bhnkd->bhnqd", grad_logits, k_)
+            grad_k = _unwindow(ops.einsum("bhnqk,bhnqd->bhnkd", grad_logits, q) * scale, look_back, look_ahead)
+            if table_k is not None:
+                rel_k = _relative_rows(table_k_, distances, q.dtype)
+                grad_q = grad_q + ops.einsum("bhnqk,qkd->bhnqd", grad_logits, rel_k)
+                grad_rel_k = ops.einsum("bhnqk,bhnqd->qkd", grad_logits, q) * scale
+                grad_tables.insert(0, _table_gradient(grad_rel_k, table_k, distances))
+            return (grad_q * scale, grad_k, grad_v, *grad_tables)
+
+        return out, backward
+
+    return attend(q, k, v, *tables)
+
+
+def _windows(blocks, before, after):
+    """[b, h, n, block, ...] -> [b, h, n, (before + 1 + after) x block, ...]: block i with the `before` blocks
+    before it and the `after` after it, zeros beyond the ends."""
+    if not before and not after:
+        return blocks
+    n = ops.shape(blocks)[2]
+    padded = ops.pad(blocks, [[0, 0], [0, 0], [before, after]] + [[0, 0]] * (len(blocks.shape) - 3))
+    return ops.concatenate([padded[:, :, j:j + n] for j in range(before + 1 + after)], axis=3)
+
+
+def _unwindow(grad, before, after):
+    """The transpose of `_windows`: sums the gradient of every window slot into its block."""
+    if not before and not after:
+        return grad
+    count = before + 1 + after
+    rest = [[0, 0]] * (len(grad.shape) - 4)
+    total = None
+    for j, part in enumerate(ops.split(grad, count, axis=3)):
+        part = ops.pad(part, [[0, 0], [0, 0], [j, count - 1 - j], [0, 0]] + rest)
+        total = part if total is None else total + part
+    return total[:, :, before:before + ops.shape(grad)[2]]
+
+
+def _masked_softmax(logits, keep):
+    """`masked_softmax` without dropout, zeroing masked entries with `where` on the bool mask: the same values,
+    and no float copy of the mask (which graph optimisation could share between the passes)."""
+    if keep is None:
+        return ops.softmax(logits, axis=-1)
+    weights = ops.softmax(ops.where(keep, logits, MASK_VALUE), axis=-1)
+    return ops.where(keep, weights, 0.0)
+
+
+def _zero_after(x):
+    """A scalar 0.0 that is computed from x at run time, so that what depends on it waits for x (graph
+    optimisation cannot fold it away); as tf.recompute_grad does."""
+    first = ops.cast(ops.reshape(x, (-1,))[:1], "bool")
+    return ops.sum(ops.where(ops.equal(first, first), 0.0, float("nan")))
+
+
+def _relative_rows(table, distances, dtype):
+    """The [queries, keys, dim] table rows of the block's distances, or None without a table."""
+    return None if table is None else ops.cast(relative.relative_embeddings(table, distances), dtype)
+
+
+def _table_gradient(grad_rows, table, distances):
+    """Sums the gradient of the gathered rows [queries, keys, dim] into the table's rows."""
+    m = relative.max_relative_position(table)
+    index = ops.reshape(ops.clip(distances, -m, m) + m, (-1,))
+    grad_rows = ops.reshape(ops.cast(grad_rows, "float32"), (-1, grad_rows.shape[-1]))
+    return ops.cast(ops.segment_sum(grad_rows, index, num_segments=table.shape[0]), table.dtype)
+
+
+def _block_logits(q, k, rel_k):
+    """float32 logits [b, h, n, queries, keys], with the relative-key term when rel_k is given."""
+    logits = ops.cast(ops.einsum("bhnqd,bhnkd->bhnqk", q, k), "float32")
+    if rel_k is not None:
+        logits = logits + ops.cast(ops.einsum("bhnqd,qkd->bhnqk", q, rel_k), "float32")
+    return logits
+
+
+def _block_mix(weights, v, rel_v):
+    """weights [b, h, n, queries, keys] applied to v, with the relative-value term when rel_v is given."""
+    weights = ops.cast(weights, v.dtype)
+    out = ops.einsum("bhnqk,bhnkd->bhnqd", weights, v)
+    if rel_v is not None:
+        out = out + ops.einsum("bhnqk,qkd->bhnqd", weights, rel_v)
+    return out

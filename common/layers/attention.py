@@ -84,7 +84,10 @@ class SelfAttention(keras.layers.Layer):
             return kernel, bias
 
         self.query = projection("query", (dim, heads, self.key_dim), self.kernel_initializer)
-        self.key = projection("key", (dim, heads, self.key_dim), self.kernel_initializer)
+        # No key weights for heads that do not use them (e.g. routing heads that share q and k): an unused
+        # weight only wastes memory, and its all-zero gradient breaks Keras' factored Adafactor update (NaN).
+        self.key = projection("key", (dim, self.key_heads, self.key_dim),
+                              self.kernel_initializer) if self.key_heads else None
         self.value = projection("value", (dim, heads, self.value_dim), self.kernel_initializer)
         self.output_projection = projection("output", (heads, self.value_dim, self.output_dim or dim),
                                             self.output_initializer)
@@ -95,6 +98,11 @@ class SelfAttention(keras.layers.Layer):
                                                  initializer=fresh_initializer(self.kernel_initializer))
             self.relative_values = self.add_weight(name="relative_values", shape=(rows, self.value_dim),
                                                    initializer=fresh_initializer(self.kernel_initializer))
+
+    @property
+    def key_heads(self):
+        """Heads that need a key projection; subclasses whose heads reuse the queries return fewer."""
+        return self.num_heads
 
     def project(self, x, weights):
         """[batch, length, dim] -> [batch, heads, length, head_dim]."""
@@ -112,7 +120,8 @@ class SelfAttention(keras.layers.Layer):
         return get_kernel(self.kernel)(q, k, v, causal=self.causal, **options)
 
     def call(self, x, training=None):
-        q, k, v = (self.project(x, w) for w in (self.query, self.key, self.value))
+        q, v = self.project(x, self.query), self.project(x, self.value)
+        k = self.project(x, self.key) if self.key is not None else None
         heads = self.attend(q, k, v, training=training)
         kernel, bias = self.output_projection
         out = ops.einsum("bhld,hdo->blo", heads, kernel)

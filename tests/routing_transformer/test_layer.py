@@ -108,7 +108,9 @@ def test_routing_heads_come_first(relative):
                                   relative_keys=layer.routing_relative_keys,
                                   relative_values=layer.routing_relative_values)
     tables = dict(relative_keys=layer.relative_keys, relative_values=layer.relative_values) if relative else {}
-    local_out = local_attention(q[:, r:], k[:, r:], v[:, r:], block_size=4, look_back=1, **tables)
+    # With share_qk only the local heads have key weights (unused weights would get all-zero gradients).
+    assert layer.share_qk and k.shape[1] == local and layer.key[0].shape == (x.shape[-1], local, 4)
+    local_out = local_attention(q[:, r:], k, v[:, r:], block_size=4, look_back=1, **tables)
     np.testing.assert_allclose(heads[:, :r], np.asarray(routed), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(heads[:, r:], np.asarray(local_out), rtol=1e-5, atol=1e-6)
     # The local heads use their own keys (only the routing heads share q and k).
