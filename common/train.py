@@ -215,7 +215,9 @@ def make_train_step(model, optimizer, clip_norm, jit_compile):
     def train_step(batch):
         with tf.GradientTape() as tape:
             loss, metrics = loss_and_metrics(model, batch, training=True)
-        grads = tape.gradient(loss, model.trainable_variables)
+        # Embedding gradients come as IndexedSlices; Keras 3.15's Adafactor fails on them when a table is hit
+        # by many indices (e.g. 12,288 image positions into 64 rows), so every gradient is made dense.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
         if clip_norm:
             grads, _ = tf.clip_by_global_norm(grads, clip_norm)
         optimizer.apply(grads, model.trainable_variables)
