@@ -240,25 +240,33 @@ def last_line(text, prefix=""):
     return lines[-1] if lines else ""
 
 
-def run_worker(name, length, args):
-    """Measures one (kernel, length) in a fresh process; returns its numbers or a status saying why not."""
-    cmd = [sys.executable, "-m", "benchmarks.attention", f"--worker={name}", f"--lengths={length}",
-           f"--repeats={args.repeats}", f"--warmup={args.warmup}", f"--heads={args.heads}"] + (
-               ["--jit"] if args.jit else [])
+def run_guarded(cmd, timeout_s, memory_limit):
+    """Runs a worker command in a fresh process under `wait_guarded`; returns the numbers of its tagged result
+    line, or a status saying why there are none (killed, out of memory, error)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=REPO_ROOT)
-        killed = wait_guarded(proc, args.timeout, args.memory_limit_gib * GIB)
+        killed = wait_guarded(proc, timeout_s, memory_limit)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     if killed:
         return {"status": killed}
+    if proc.returncode < 0:
+        return {"status": f"killed by signal {-proc.returncode} (out of memory)"}
     result = last_line(stdout, RESULT_TAG)
     if proc.returncode != 0 or not result:
         why = last_line(stderr) or f"exit code {proc.returncode}"
         return {"status": "error", "error": why[-300:]}
     return {"status": "ok", **json.loads(result[len(RESULT_TAG):])}
+
+
+def run_worker(name, length, args):
+    """Measures one (kernel, length) in a fresh process; returns its numbers or a status saying why not."""
+    cmd = [sys.executable, "-m", "benchmarks.attention", f"--worker={name}", f"--lengths={length}",
+           f"--repeats={args.repeats}", f"--warmup={args.warmup}", f"--heads={args.heads}"] + (
+               ["--jit"] if args.jit else [])
+    return run_guarded(cmd, args.timeout, args.memory_limit_gib * GIB)
 
 
 def wait_for_idle(max_s):
@@ -337,16 +345,29 @@ def find(records, name, length):
     return next((r for r in records if r["kernel"] == name and r["length"] == length), None)
 
 
-def check_speedup(records, name="local", length=8192, minimum=4.0):
-    """Acceptance: `name` at `length` tokens at least `minimum` times faster than dense."""
-    label = f"{name} attention at {length} tokens at least {minimum:g}x faster than dense"
+def check_ratio(records, name, length, minimum, key, label):
+    """Acceptance: dense's `key` over `name`'s at `length` tokens is at least `minimum`; the status line."""
     record, baseline = find(records, name, length), find(records, BASELINE, length)
-    value = ratio(baseline, record, "time_ms") if record else None
+    value = ratio(baseline, record, key) if record else None
     if value is None:
         missing = [r["kernel"] + " " + r["status"] for r in (baseline, record) if r and r["status"] != "ok"]
         return label, f"NOT MEASURED ({', '.join(missing) or 'not in this run'})"
-    caveat = ", times disturbed by other processes" if disturbed(record) or disturbed(baseline) else ""
+    caveat = ""
+    if key == "time_ms" and (disturbed(record) or disturbed(baseline)):
+        caveat = ", times disturbed by other processes"
     return label, f"{'PASS' if value >= minimum else 'FAIL'} ({value:.1f}x{caveat})"
+
+
+def check_speedup(records, name="local", length=8192, minimum=4.0):
+    """Acceptance: `name` at `length` tokens at least `minimum` times faster than dense."""
+    return check_ratio(records, name, length, minimum, "time_ms",
+                       f"{name} attention at {length} tokens at least {minimum:g}x faster than dense")
+
+
+def check_memory_saving(records, name, length, minimum):
+    """Acceptance: `name` at `length` tokens needs at least `minimum` times less memory than dense."""
+    return check_ratio(records, name, length, minimum, "memory_mib",
+                       f"{name} attention at {length} tokens needs at least {minimum:g}x less memory than dense")
 
 
 def check_linear_memory(records, name="local", maximum=1.2):
@@ -356,17 +377,6 @@ def check_linear_memory(records, name="local", maximum=1.2):
     if value is None:
         return label, "NOT MEASURED (fewer than 2 lengths measured)"
     return label, f"{'PASS' if value <= maximum else 'FAIL'} (exponent {value:.2f})"
-
-
-def check_memory_saving(records, name, length, minimum):
-    """Acceptance: `name` at `length` tokens needs at least `minimum` times less memory than dense."""
-    label = f"{name} attention at {length} tokens needs at least {minimum:g}x less memory than dense"
-    record, baseline = find(records, name, length), find(records, BASELINE, length)
-    value = ratio(baseline, record, "memory_mib") if record else None
-    if value is None:
-        missing = [r["kernel"] + " " + r["status"] for r in (baseline, record) if r and r["status"] != "ok"]
-        return label, f"NOT MEASURED ({', '.join(missing) or 'not in this run'})"
-    return label, f"{'PASS' if value >= minimum else 'FAIL'} ({value:.1f}x)"
 
 
 # The issues' targets, per kernel: local (foundation) and the Sparse Transformer's strided and fixed patterns.

@@ -21,9 +21,7 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 from benchmarks import attention as harness
@@ -107,19 +105,7 @@ def run_one(config, length, args):
     estimate = memory_estimate(config, length)
     if estimate > args.memory_limit_gib * harness.GIB:
         return {"status": f"skipped (needs ~{estimate / harness.GIB:.0f} GiB)"}
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=harness.REPO_ROOT)
-        killed = harness.wait_guarded(proc, args.timeout, args.memory_limit_gib * harness.GIB)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if killed:
-        return {"status": killed}
-    line = harness.last_line(stdout, harness.RESULT_TAG)
-    if proc.returncode or not line:
-        return {"status": "error", "error": (harness.last_line(stderr) or f"exit {proc.returncode}")[-300:]}
-    return {"status": "ok", **json.loads(line[len(harness.RESULT_TAG):])}
+    return harness.run_guarded(cmd, args.timeout, args.memory_limit_gib * harness.GIB)
 
 
 def cell(record, key, fmt):

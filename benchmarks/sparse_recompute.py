@@ -23,17 +23,14 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import psutil
 
-from benchmarks.attention import (GIB, MIB, REPO_ROOT, RESULTS_DIR, last_line, machine, peak_rss_bytes,
-                                  reset_peak_rss, rss_bytes, wait_guarded, write_atomically)
+from benchmarks.attention import (GIB, MIB, RESULT_TAG, RESULTS_DIR, machine, peak_rss_bytes, reset_peak_rss,
+                                  rss_bytes, run_guarded, write_atomically)
 
-RESULT_TAG = "SPARSE_RECOMPUTE "
 LAYERS, HIDDEN, HEADS, VOCABULARY = 2, 128, 2, 256
 CONFIGS = ("stored", "recompute", "recompute_bf16")
 DEFAULT_LENGTHS = (16384, 65536, 262144, 1048576)
@@ -103,21 +100,7 @@ def run_one(config, length, args):
         return {"status": f"skipped (needs ~{estimate / GIB:.0f} GiB)"}
     cmd = [sys.executable, "-m", "benchmarks.sparse_recompute", f"--worker={config}", f"--lengths={length}",
            f"--query_chunk_size={args.query_chunk_size}"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=REPO_ROOT)
-        killed = wait_guarded(proc, args.timeout, args.memory_limit_gib * GIB)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if killed:
-        return {"status": killed}
-    result = last_line(stdout, RESULT_TAG)
-    if proc.returncode < 0:
-        return {"status": f"killed by signal {-proc.returncode} (out of memory)"}
-    if proc.returncode != 0 or not result:
-        return {"status": "error", "error": (last_line(stderr) or f"exit code {proc.returncode}")[-300:]}
-    return {"status": "ok", **json.loads(result[len(RESULT_TAG):])}
+    return run_guarded(cmd, args.timeout, args.memory_limit_gib * GIB)
 
 
 def cell(record, key, fmt):

@@ -15,7 +15,7 @@ cost O(L (m + n)) plus the row attention O(L m).
 
 from keras import ops
 
-from combiner.joint import from_grid, joint_softmax, to_grid
+from combiner.joint import from_grid, grid_masks, joint_softmax, to_grid
 from common.attention.softmax import masked_softmax
 
 ROW_SUMMARIES = ("none", "wsum", "proj", "wsum_proj")
@@ -31,7 +31,6 @@ def axial_attention(q, k, v, *, segment_length, causal=True, row_summary="none",
     release leaves the own row's region unmasked too.
     """
     qg, kg, vg = (to_grid(x, segment_length) for x in (q, k, v))  # [b, h, n, m, d]
-    rows, columns = ops.arange(ops.shape(qg)[2]), ops.arange(segment_length)
 
     row_logits = ops.cast(ops.einsum("bhrqd,bhrkd->bhrqk", qg, kg), "float32")  # [b, h, n, m, m]
     row_weights = masked_softmax(row_logits, None, dropout_rate, seed)  # p(j | Omega) of row r at column q
@@ -51,12 +50,7 @@ def axial_attention(q, k, v, *, segment_length, causal=True, row_summary="none",
             region_keys = pre
 
     region = ops.einsum("bhrcd,bhscd->bhrcs", qg, region_keys)  # [b, h, n, m, n]
-    if causal:
-        direct_keep = columns[None, :] <= columns[:, None]
-        region_keep = (rows[None, :] < rows[:, None])[:, None, :]
-    else:
-        direct_keep = None
-        region_keep = (rows[None, :] != rows[:, None])[:, None, :]
+    direct_keep, region_keep = grid_masks(ops.shape(qg)[2], segment_length, causal)
     direct_w, region_w = joint_softmax([(row_logits, direct_keep), (region, region_keep)],
                                        dropout_rate=dropout_rate, seed=seed)
     out = (ops.einsum("bhrqk,bhrkd->bhrqd", ops.cast(direct_w, v.dtype), vg) +

@@ -9,7 +9,7 @@ at m ~ sqrt L.
 
 from keras import ops
 
-from combiner.joint import from_grid, joint_softmax, to_grid
+from combiner.joint import from_grid, grid_masks, joint_softmax, to_grid
 from combiner.summaries import pool
 from common.attention.softmax import masked_softmax
 
@@ -23,7 +23,6 @@ def fixed_attention(q, k, v, *, segment_length, causal=True, local_summary="iden
     segment's summary unmasked too, so that segment is counted twice there.
     """
     qg, kg, vg = (to_grid(x, segment_length) for x in (q, k, v))  # [b, h, n, m, d]
-    rows, columns = ops.arange(ops.shape(qg)[2]), ops.arange(segment_length)
 
     # One abstraction per segment: pooled key and query, and the local expectation of the segment.
     query_bar = pool(qg, 3, local_summary, query_pooling_kernel)  # [b, h, n, d]
@@ -33,12 +32,7 @@ def fixed_attention(q, k, v, *, segment_length, causal=True, local_summary="iden
 
     direct = ops.einsum("bhnqd,bhnkd->bhnqk", qg, kg)  # [b, h, n, m, m]
     region = ops.einsum("bhnqd,bhrd->bhnqr", qg, key_bar)  # [b, h, n, m, n]
-    if causal:
-        direct_keep = columns[None, :] <= columns[:, None]
-        region_keep = (rows[None, :] < rows[:, None])[:, None, :]
-    else:
-        direct_keep = None
-        region_keep = (rows[None, :] != rows[:, None])[:, None, :]
+    direct_keep, region_keep = grid_masks(ops.shape(qg)[2], segment_length, causal)
     direct_w, region_w = joint_softmax([(direct, direct_keep), (region, region_keep)],
                                        dropout_rate=dropout_rate, seed=seed)
     out = (ops.einsum("bhnqk,bhnkd->bhnqd", ops.cast(direct_w, v.dtype), vg) +

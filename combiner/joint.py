@@ -24,6 +24,15 @@ def from_grid(x):
     return ops.reshape(x, (shape[0], shape[1], -1, x.shape[-1]))
 
 
+def grid_masks(num_segments, segment_length, causal):
+    """The keep masks of a grid: direct [m, m] (within a segment; None when bidirectional) and region
+    [n, 1, n] (earlier segments when causal, every other segment when bidirectional)."""
+    rows, columns = ops.arange(num_segments), ops.arange(segment_length)
+    if causal:
+        return columns[None, :] <= columns[:, None], (rows[None, :] < rows[:, None])[:, None, :]
+    return None, (rows[None, :] != rows[:, None])[:, None, :]
+
+
 def joint_softmax(parts, direct=1, dropout_rate=0.0, seed=None):
     """Eq. 9: one float32 softmax over the last axes of several logits tensors, split back.
 
