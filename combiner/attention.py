@@ -158,6 +158,8 @@ class CombinerAttention(SelfAttention):
         projection (TF: the model's residual dropout).
     """
 
+    derived_arguments = ("kernel", "kernel_options", "max_relative_position")
+
     def __init__(self, num_heads, key_dim, variant="fixed", segment_length=128, value_dim=None, causal=True,
                  local_summary="identity-max", row_summary="proj", use_bias=False, dropout=0.0,
                  projection_dropout=0.0, kernel_initializer="glorot_uniform", output_initializer=None,
@@ -165,14 +167,13 @@ class CombinerAttention(SelfAttention):
         check_options(variant, causal, local_summary, row_summary)
         if variant != "logsparse":
             checks.check_positive_int("segment_length", segment_length)
-        for key in ("kernel", "kernel_options", "max_relative_position"):
-            kwargs.pop(key, None)
-        super().__init__(num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, kernel="combiner",
-                         kernel_options=dict(variant=variant, segment_length=segment_length,
-                                             local_summary=local_summary, row_summary=row_summary),
-                         causal=causal, use_bias=use_bias, max_relative_position=0, dropout=dropout,
-                         kernel_initializer=kernel_initializer, output_initializer=output_initializer,
-                         output_dim=output_dim, seed=seed, **kwargs)
+        super().__init__(**dict(
+            kwargs, num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, kernel="combiner",
+            kernel_options=dict(variant=variant, segment_length=segment_length, local_summary=local_summary,
+                                row_summary=row_summary),
+            causal=causal, use_bias=use_bias, max_relative_position=0, dropout=dropout,
+            kernel_initializer=kernel_initializer, output_initializer=output_initializer, output_dim=output_dim,
+            seed=seed))
         self.variant = variant
         self.segment_length = segment_length
         self.local_summary = local_summary
@@ -240,8 +241,6 @@ class CombinerAttention(SelfAttention):
 
     def get_config(self):
         config = super().get_config()
-        for key in ("kernel", "kernel_options", "max_relative_position"):
-            config.pop(key)
         config.update(variant=self.variant, segment_length=self.segment_length, local_summary=self.local_summary,
                       row_summary=self.row_summary, projection_dropout=self.projection_dropout)
         return config

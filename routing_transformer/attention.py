@@ -212,6 +212,8 @@ class RoutingAttention(SelfAttention):
       head_projection: apply the original's shared per-head d_head x d_head matrix.
     """
 
+    derived_arguments = ("num_heads", "kernel", "kernel_options", "use_bias", "max_relative_position")
+
     def __init__(self, local_heads, routing_heads, key_dim, num_clusters=1, window=1, value_dim=None,
                  block_size=256, look_back=1, share_qk=True, routing="balanced", causal=True,
                  max_relative_position=0,
@@ -220,16 +222,12 @@ class RoutingAttention(SelfAttention):
                  output_initializer=None, output_dim=None, seed=None, **kwargs):
         checks.check_positive_int("local_heads", local_heads, minimum=0)
         checks.check_positive_int("routing_heads", routing_heads, minimum=0)
-        kwargs.pop("num_heads", None)
-        kwargs.pop("kernel", None)
-        kwargs.pop("kernel_options", None)
-        kwargs.pop("use_bias", None)
-        super().__init__(num_heads=local_heads + routing_heads, key_dim=key_dim, value_dim=value_dim,
-                         kernel="local", kernel_options={"block_size": block_size, "look_back": look_back},
-                         causal=causal, use_bias=False,
-                         max_relative_position=max_relative_position if local_relative else 0,
-                         dropout=dropout, kernel_initializer=kernel_initializer,
-                         output_initializer=output_initializer, output_dim=output_dim, seed=seed, **kwargs)
+        super().__init__(**dict(
+            kwargs, num_heads=local_heads + routing_heads, key_dim=key_dim, value_dim=value_dim, kernel="local",
+            kernel_options={"block_size": block_size, "look_back": look_back}, causal=causal, use_bias=False,
+            max_relative_position=max_relative_position if local_relative else 0, dropout=dropout,
+            kernel_initializer=kernel_initializer, output_initializer=output_initializer, output_dim=output_dim,
+            seed=seed))
         if routing not in ROUTINGS:
             raise ValueError(f"unknown routing {routing!r}; choose one of {ROUTINGS}.")
         if routing_heads:
@@ -321,8 +319,6 @@ class RoutingAttention(SelfAttention):
 
     def get_config(self):
         config = super().get_config()
-        for key in ("num_heads", "kernel", "kernel_options", "use_bias", "max_relative_position"):
-            config.pop(key)
         config.update(local_heads=self.local_heads, routing_heads=self.routing_heads,
                       num_clusters=self.num_clusters, window=self.window, block_size=self.block_size,
                       look_back=self.look_back, share_qk=self.share_qk, routing=self.routing,

@@ -249,19 +249,19 @@ class SparseAttention(SelfAttention):
       dropout: dropout on the attention probabilities (the paper has none).
     """
 
+    derived_arguments = ("kernel", "kernel_options", "max_relative_position")
+
     def __init__(self, num_heads, key_dim, pattern="fixed", stride=128, summary=None, num_summary_patterns=1,
                  query_chunk_size=None, value_dim=None, causal=True, use_bias=True, dropout=0.0, kernel_initializer="glorot_uniform",
                  output_initializer=None, output_dim=None, seed=None, **kwargs):
         patterns.check_pattern_options(pattern, stride, summary, num_heads, num_summary_patterns)
-        for key in ("kernel", "kernel_options", "max_relative_position"):
-            kwargs.pop(key, None)
-        super().__init__(num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, kernel="sparse",
-                         kernel_options=dict(pattern=pattern, stride=stride, summary=summary,
-                                             num_summary_patterns=num_summary_patterns,
-                                             query_chunk_size=query_chunk_size),
-                         causal=causal, use_bias=use_bias, max_relative_position=0, dropout=dropout,
-                         kernel_initializer=kernel_initializer, output_initializer=output_initializer,
-                         output_dim=output_dim, seed=seed, **kwargs)
+        super().__init__(**dict(
+            kwargs, num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, kernel="sparse",
+            kernel_options=dict(pattern=pattern, stride=stride, summary=summary,
+                                num_summary_patterns=num_summary_patterns, query_chunk_size=query_chunk_size),
+            causal=causal, use_bias=use_bias, max_relative_position=0, dropout=dropout,
+            kernel_initializer=kernel_initializer, output_initializer=output_initializer, output_dim=output_dim,
+            seed=seed))
         self.pattern = pattern
         self.stride = stride
         self.summary = summary
@@ -270,8 +270,6 @@ class SparseAttention(SelfAttention):
 
     def get_config(self):
         config = super().get_config()
-        for key in ("kernel", "kernel_options", "max_relative_position"):
-            config.pop(key)
         config.update(pattern=self.pattern, stride=self.stride, summary=self.summary,
                       num_summary_patterns=self.num_summary_patterns, query_chunk_size=self.query_chunk_size)
         return config

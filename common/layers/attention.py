@@ -46,6 +46,9 @@ class SelfAttention(keras.layers.Layer):
       output_dim: width of the output; default the input width.
     """
 
+    # Constructor arguments a subclass sets itself (its kernel, ...): left out of its config, overridden if given.
+    derived_arguments = ()
+
     def __init__(self, num_heads, key_dim, value_dim=None, kernel="dense", kernel_options=None, causal=True,
                  use_bias=False, max_relative_position=0, dropout=0.0, kernel_initializer="glorot_uniform",
                  output_initializer=None, output_dim=None, seed=None, **kwargs):
@@ -138,4 +141,6 @@ class SelfAttention(keras.layers.Layer):
                       dropout=self.dropout, output_dim=self.output_dim, seed=self.seed,
                       kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
                       output_initializer=keras.initializers.serialize(self.output_initializer))
+        for key in self.derived_arguments:
+            config.pop(key)
         return config

@@ -12,6 +12,7 @@ from combiner.logsparse import num_levels
 from combiner.summaries import LOCAL_SUMMARIES
 from common.attention import dense_attention
 from tests.combiner import _reference as ref
+from tests.kernel_checks import square_tensors
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1:UserWarning")  # 1 key
 
@@ -292,26 +293,9 @@ def test_dynamic_length_signature(variant, causal, jit):
 
 # --- cost ----------------------------------------------------------------------------------------------------
 
-def _square_tensors(fn, length, **options):
-    """Static shapes of every graph tensor of `fn` traced at `length` that have two dims >= length (as
-    tests/common/attention/test_local.py)."""
-    signature = [tf.TensorSpec([1, 1, length, 8], tf.float32)] * 3
-    concrete = tf.function(lambda q, k, v: fn(q, k, v, **options)).get_concrete_function(*signature)
-    found, saw_length = [], False
-    for op in concrete.graph.get_operations():
-        for tensor in op.outputs:
-            if tensor.shape.rank is None:
-                continue
-            dims = [d for d in tensor.shape.as_list() if d is not None]
-            saw_length |= length in dims
-            if sum(d >= length for d in dims) >= 2:
-                found.append((op.name, op.type, tensor.shape.as_list()))
-    assert saw_length
-    return found
-
-
 @pytest.mark.parametrize("variant,causal", FORMS, ids=FORM_IDS)
 def test_no_length_by_length_tensor(variant, causal):
-    assert _square_tensors(dense_attention, 1024, causal=causal)  # the detector works
-    found = _square_tensors(combiner_attention, 1024, **_options(variant, causal, 32))
+    assert square_tensors(dense_attention, 1024, causal=causal)  # the detector works
+    found = square_tensors(combiner_attention, 1024, **_options(variant, causal, 32))
     assert not found, found[:5]
+

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from common.attention import dense_attention, get_kernel
 from sparse_transformer import attention_mask, sparse_attention
+from tests.kernel_checks import square_tensors
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1:UserWarning")  # 1 key
 
@@ -198,3 +199,12 @@ def test_bad_query_chunk_size(options, match):
     q, k, v = _inputs(10, 12, 2)
     with pytest.raises(ValueError, match=match):
         sparse_attention(q, k, v, pattern="local", stride=4, **options)
+
+
+@pytest.mark.parametrize("causal", CAUSAL, ids=CAUSAL_IDS)
+@pytest.mark.parametrize("pattern", ["local", "strided", "block", "fixed", "local+strided"])
+def test_no_length_by_length_tensor(pattern, causal):
+    """Really sparse: at length 1024 and stride 32 no graph tensor has two dims >= length."""
+    assert square_tensors(dense_attention, 1024, causal=causal)  # the detector works
+    found = square_tensors(sparse_attention, 1024, pattern=pattern, stride=32, summary=8, causal=causal)
+    assert not found, found[:5]

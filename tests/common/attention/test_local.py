@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from common.attention import dense_attention, local_attention, local_mask
 from tests.common.attention import _reference as ref
+from tests.kernel_checks import square_tensors
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1:UserWarning")  # length 1
 
@@ -242,28 +243,12 @@ def test_jit_compile_with_gradients(causal):
         np.testing.assert_allclose(got.numpy(), want.numpy(), **TOL)
 
 
-def _square_tensors(fn, length, **options):
-    """Static shapes of every graph tensor of `fn` traced at `length` that have two dims >= length."""
-    signature = [tf.TensorSpec([1, 1, length, 8], tf.float32)] * 3
-    concrete = tf.function(lambda q, k, v: fn(q, k, v, **options)).get_concrete_function(*signature)
-    found, saw_length = [], False
-    for op in concrete.graph.get_operations():
-        for tensor in op.outputs:
-            if tensor.shape.rank is None:
-                continue
-            dims = [d for d in tensor.shape.as_list() if d is not None]
-            saw_length |= length in dims
-            if sum(d >= length for d in dims) >= 2:
-                found.append((op.name, op.type, tensor.shape.as_list()))
-    assert saw_length  # the trace really is at this length
-    return found
-
-
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 def test_really_blocked(causal):
     rng = np.random.default_rng(16)
     tables = {"relative_keys": tf.constant(_normal(rng, 9, 8)), "relative_values": tf.constant(_normal(rng, 9, 8))}
     # The detector works: dense attention at this length builds length x length tensors.
-    assert _square_tensors(dense_attention, 1024, causal=causal, **tables)
-    found = _square_tensors(local_attention, 1024, block_size=64, look_back=1, causal=causal, **tables)
+    assert square_tensors(dense_attention, 1024, causal=causal, **tables)
+    found = square_tensors(local_attention, 1024, block_size=64, look_back=1, causal=causal, **tables)
     assert not found, found[:5]
+
