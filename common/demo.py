@@ -40,8 +40,8 @@ def main(argv):
         sys.exit(f"error: {error}")
     text = held_out_bytes(experiment.eval_split, experiment.data_dir)
     xz = xz_bits_per_byte(text)
-    continuation = sample.generate(model, list(PROMPT.encode()), 300, experiment.sequence_length,
-                                   temperature=0.8, top_k=40, seed=0)
+    continuation = sample.sample_text(model, PROMPT, 300, experiment.sequence_length, temperature=0.8, top_k=40,
+                                      seed=0)
     print("\n=== demo results ===")
     print(f"held-out ({experiment.eval_split}, {len(text):,} bytes): {results['bits_per_byte']:.3f} bits/byte; "
           f"xz -9 on the same bytes: {xz:.3f} bits/byte")

@@ -148,17 +148,17 @@ class DecoderLM(keras.Model):
         start = ops.broadcast_to(ops.cast(self.start, x.dtype), (ops.shape(x)[0], 1, self.embedding_dim))
         return ops.concatenate([start, x[:, :-1]], axis=1)
 
-    def call(self, token_ids, training=None):
-        if len(token_ids.shape) != 2:
-            raise ValueError(f"DecoderLM expects token ids [batch, length]; got shape {tuple(token_ids.shape)}.")
-        x = self.embed(token_ids)
+    def block_inputs(self, embeddings, offset=0, training=None):
+        """Shifted embeddings [batch, length, embedding_dim] of positions offset.. -> the first block's input."""
+        x = embeddings
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)
         if self.position_embedding is not None:
-            x = x + self.position_embedding(x)
-        x = self.input_dropout_layer(x, training=training)
-        for block in self.blocks:
-            x = block(x, training=training)
+            x = x + self.position_embedding(x, offset=offset)
+        return self.input_dropout_layer(x, training=training)
+
+    def logits(self, x):
+        """The last block's output [batch, length, hidden_dim] -> float32 logits [batch, length, vocabulary]."""
         if self.final_norm_layer is not None:
             x = self.final_norm_layer(x)
         if self.output_projection is not None:
@@ -168,6 +168,40 @@ class DecoderLM(keras.Model):
         logits = ops.matmul(ops.cast(x, "float32"),
                             ops.transpose(ops.cast(self.token_embedding.embeddings, "float32")))
         return logits if self.output_bias_weight is None else logits + self.output_bias_weight
+
+    def call(self, token_ids, training=None):
+        if len(token_ids.shape) != 2:
+            raise ValueError(f"DecoderLM expects token ids [batch, length]; got shape {tuple(token_ids.shape)}.")
+        x = self.block_inputs(self.embed(token_ids), training=training)
+        for block in self.blocks:
+            x = block(x, training=training)
+        return self.logits(x)
+
+    # Incremental decoding (`common.sample`): `prefill` runs the prompt once and returns every block's cache;
+    # `decode` then computes one position at a time from the caches.
+
+    def prefill(self, token_ids, max_length):
+        """Logits of a prompt [batch, n] (as `call` without training) and the per-block caches for decoding
+        positions n .. max_length - 1."""
+        x = self.block_inputs(self.embed(token_ids))
+        caches = []
+        for block in self.blocks:
+            x, cache = block.prefill(x, max_length)
+            caches.append(cache)
+        return self.logits(x), tuple(caches)
+
+    def decode(self, previous_ids, caches, position):
+        """Logits [batch, vocabulary] at `position` (a scalar int tensor; they predict the token there), given
+        the ids at position - 1, previous_ids [batch] (unused at position 0), and the caches of the positions
+        before. Returns (logits, caches)."""
+        x = self.token_embedding(previous_ids[:, None])
+        start = ops.broadcast_to(ops.cast(self.start, x.dtype), ops.shape(x))
+        x = self.block_inputs(ops.where(position > 0, x, start), offset=position)
+        new_caches = []
+        for block, cache in zip(self.blocks, caches):
+            x, cache = block.decode(x, cache, position)
+            new_caches.append(cache)
+        return self.logits(x)[:, 0], tuple(new_caches)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.vocabulary_size,)

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from common.attention import checks, get_kernel
+from common.attention import checks, get_decoder, get_kernel
 from common.serialization import fresh_initializer
 
 
@@ -113,22 +113,62 @@ class SelfAttention(keras.layers.Layer):
         y = ops.einsum("bld,dhk->bhlk", x, kernel)
         return y if bias is None else y + bias[None, :, None, :]
 
-    def attend(self, q, k, v, training=None):
-        """Runs the kernel on per-head q, k, v; subclasses with several kinds of heads override this."""
-        options = dict(self.kernel_options)
+    def kernel_arguments(self, training=None):
+        """The keyword arguments of the kernel: its options, relative tables, and dropout in training."""
+        options = dict(self.kernel_options, causal=self.causal)
         if self.relative_keys is not None:
             options.update(relative_keys=self.relative_keys, relative_values=self.relative_values)
         if training and self.dropout:
             options.update(dropout_rate=self.dropout, seed=self.seed_generator)
-        return get_kernel(self.kernel)(q, k, v, causal=self.causal, **options)
+        return options
 
-    def call(self, x, training=None):
+    def attend(self, q, k, v, training=None):
+        """Runs the kernel on per-head q, k, v; subclasses with several kinds of heads override this."""
+        return get_kernel(self.kernel)(q, k, v, **self.kernel_arguments(training))
+
+    def project_heads(self, x):
+        """x [batch, length, dim] -> q, k, v [batch, heads, length, head_dim] (k None without key weights)."""
         q, v = self.project(x, self.query), self.project(x, self.value)
         k = self.project(x, self.key) if self.key is not None else None
-        heads = self.attend(q, k, v, training=training)
+        return q, k, v
+
+    def combine_heads(self, heads):
+        """[batch, heads, length, value_dim] -> [batch, length, output_dim] through the output projection."""
         kernel, bias = self.output_projection
         out = ops.einsum("bhld,hdo->blo", heads, kernel)
         return out if bias is None else out + bias
+
+    def call(self, x, training=None):
+        q, k, v = self.project_heads(x)
+        return self.combine_heads(self.attend(q, k, v, training=training))
+
+    # Incremental decoding (`common.sample`): one pass over the prompt that also returns a cache, then one
+    # token per step. The kernel's registered decoder does the work (`common.attention.decoding`); layers with
+    # state or extra inputs override `start_cache` and `attend_next`.
+
+    def prefill(self, x, max_length):
+        """The layer's output on a prompt x [batch, n, dim] (not training) and the cache for decoding positions
+        n .. max_length - 1. Returns (out, cache)."""
+        q, k, v = self.project_heads(x)
+        out = self.combine_heads(self.attend(q, k, v, training=False))
+        return out, self.start_cache(x, q, k, v, max_length)
+
+    def decode(self, x, cache, position):
+        """The output at `position` (a scalar int tensor) for its input x [batch, 1, dim], given the cache of
+        the positions before it. Returns (out [batch, 1, output_dim], cache)."""
+        q, k, v = self.project_heads(x)
+        heads, cache = self.attend_next(x, q, k, v, cache, position)
+        return self.combine_heads(heads), cache
+
+    def start_cache(self, x, q, k, v, max_length):
+        """The decoding cache of the prompt, given its input x and projections q, k, v."""
+        start, _ = get_decoder(self.kernel)
+        return start(k, v, max_length, **self.kernel_arguments())
+
+    def attend_next(self, x, q, k, v, cache, position):
+        """The heads [batch, heads, 1, value_dim] at `position` and the updated cache."""
+        _, step = get_decoder(self.kernel)
+        return step(q, k, v, cache, position, **self.kernel_arguments())
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)

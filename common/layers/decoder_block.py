@@ -52,17 +52,32 @@ class DecoderBlock(keras.layers.Layer):
             if not layer.built:
                 layer.build(input_shape)
 
-    def _sublayer(self, x, layer, norm, training):
-        if self.norm_placement == "pre":
-            branch = lambda y: layer(norm(y), training=training)  # noqa: E731
-        else:
-            branch = lambda y: layer(y, training=training)  # noqa: E731
-        y = self.residual_dropout((keras.remat(branch) if self.remat else branch)(x), training=training)
+    def _branch_input(self, x, norm):
+        return norm(x) if self.norm_placement == "pre" else x
+
+    def _residual(self, x, y, norm):
         return x + y if self.norm_placement == "pre" else norm(x + y)
+
+    def _sublayer(self, x, layer, norm, training):
+        branch = lambda y: layer(self._branch_input(y, norm), training=training)  # noqa: E731
+        y = self.residual_dropout((keras.remat(branch) if self.remat else branch)(x), training=training)
+        return self._residual(x, y, norm)
 
     def call(self, x, training=None):
         x = self._sublayer(x, self.attention, self.attention_norm, training)
         return self._sublayer(x, self.feed_forward, self.feed_forward_norm, training)
+
+    def prefill(self, x, max_length):
+        """The block on a prompt (not training) and its attention's decoding cache (see `SelfAttention`)."""
+        y, cache = self.attention.prefill(self._branch_input(x, self.attention_norm), max_length)
+        x = self._residual(x, y, self.attention_norm)
+        return self._sublayer(x, self.feed_forward, self.feed_forward_norm, False), cache
+
+    def decode(self, x, cache, position):
+        """The block at one new position x [batch, 1, dim], given its attention's cache."""
+        y, cache = self.attention.decode(self._branch_input(x, self.attention_norm), cache, position)
+        x = self._residual(x, y, self.attention_norm)
+        return self._sublayer(x, self.feed_forward, self.feed_forward_norm, False), cache
 
     def compute_output_shape(self, input_shape):
         return input_shape
