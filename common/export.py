@@ -1,27 +1,121 @@
-"""SavedModel export of a zoo language model with explicit, named serving signatures.
+"""Export of a zoo language model: a TF SavedModel with named serving signatures, and a `.keras` file.
 
-Only `training=False` is traced, so serving never moves state such as routing centroids.
+    python -m common.export --model_dir=DIR --export_dir=OUT    # OUT/saved_model/ and OUT/model.keras
+
+The SavedModel needs only TensorFlow to serve (`tf.saved_model.load`, `saved_model_cli`). Its signatures:
+  - `serving_default`: token_ids int32 [batch, length] -> logits float32 [batch, length, vocabulary]
+    (logits[:, t] predict token t from the tokens before it).
+  - `score`: token_ids -> log_probabilities float32 [batch, length] (of each token given those before it)
+    and bits_per_token float32 [batch] (their mean, in bits).
+  - `generate`: prompt_ids int32 [batch, n], max_new_tokens, temperature, top_k, top_p, seed, stop_id (int32 /
+    float32 scalars; stop_id -1 for none) -> generated_ids int32 [batch, max_new_tokens]: incremental decoding
+    with the layers' caches inside one `tf.while_loop` (`common.sample.generate`), reproducible for a seed.
+Only `training=False` is traced, so serving never moves state such as routing centroids. Bad requests (ids
+outside the vocabulary, too long, an empty prompt, top_p outside (0, 1], ...) fail with an
+`InvalidArgumentError` that names the problem.
 """
+
+import math
+import os
+import sys
 
 import keras
 import tensorflow as tf
+from absl import app, flags
+
+from common import sample, train
+
+FLAGS = flags.FLAGS
 
 TOKEN_IDS = tf.TensorSpec([None, None], tf.int32, name="token_ids")
+GENERATE_INPUTS = [
+    tf.TensorSpec([None, None], tf.int32, name="prompt_ids"),
+    tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+    tf.TensorSpec([], tf.float32, name="temperature"),
+    tf.TensorSpec([], tf.int32, name="top_k"),
+    tf.TensorSpec([], tf.float32, name="top_p"),
+    tf.TensorSpec([], tf.int32, name="seed"),
+    tf.TensorSpec([], tf.int32, name="stop_id"),
+]
 
 
-def export_saved_model(model, export_dir):
-    """Writes `model` to `export_dir` as a TF SavedModel.
+def define_flags():
+    """The command line of `python -m common.export` (defined only when it runs)."""
+    flags.DEFINE_string("model_dir", None, "A directory written by common.train.")
+    flags.DEFINE_string("export_dir", None, "Where to write saved_model/ and model.keras.")
 
-    Signature `serving_default`: `token_ids` int32 [batch, length] (any batch size and length) -> `logits`
-    float32 [batch, length, vocabulary], where logits[:, t] predict token t from tokens < t.
+
+def model_max_length(model):
+    """The longest sequence the model's absolute positions cover, or None (relative positions only)."""
+    return model.position_embedding.max_length if model.position_embedding is not None else None
+
+
+def checked_token_ids(token_ids, vocabulary_size, max_length):
+    """token_ids after assertions that they are in the vocabulary and no longer than max_length."""
+    checks = [sample.check_token_ids(token_ids, vocabulary_size, "token_ids")]
+    if max_length is not None:
+        checks.append(tf.debugging.assert_less_equal(
+            tf.shape(token_ids)[1], max_length, message=f"token_ids is longer than the model's maximum length "
+                                                        f"{max_length}"))
+    with tf.control_dependencies(checks):
+        return tf.identity(token_ids)
+
+
+def export_saved_model(model, export_dir, max_length=None):
+    """Writes `model` to `export_dir` as a TF SavedModel with the signatures of the module docstring.
+
+    max_length: the longest sequence served (default: what the model's absolute positions cover; give the
+      training sequence length for models with relative positions only).
     """
     if not model.built:
         model(tf.zeros([1, 1], tf.int32))
+    max_length = max_length or model_max_length(model)
+    vocabulary_size = model.vocabulary_size
 
     def serve(token_ids):
+        token_ids = checked_token_ids(token_ids, vocabulary_size, max_length)
         return {"logits": model(token_ids, training=False)}
+
+    def score(token_ids):
+        token_ids = checked_token_ids(token_ids, vocabulary_size, max_length)
+        log_probabilities = tf.nn.log_softmax(model(token_ids, training=False), axis=-1)
+        per_token = tf.gather(log_probabilities, token_ids, batch_dims=2)
+        return {"log_probabilities": per_token,
+                "bits_per_token": -tf.reduce_mean(per_token, axis=1) / math.log(2.0)}
+
+    def generate(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_id):
+        ids = sample.generate(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_id,
+                              max_length=max_length)
+        return {"generated_ids": ids}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve, input_signature=[TOKEN_IDS])
+    archive.add_endpoint("score", score, input_signature=[TOKEN_IDS])
+    archive.add_endpoint("generate", generate, input_signature=GENERATE_INPUTS)
     archive.write_out(export_dir, verbose=False)
+
+
+def export_trained_model(model_dir, export_dir):
+    """`python -m common.export`: the latest checkpoint of `model_dir` as OUT/saved_model and OUT/model.keras."""
+    model, experiment = sample.load_trained_model(model_dir)
+    os.makedirs(export_dir, exist_ok=True)
+    export_saved_model(model, os.path.join(export_dir, "saved_model"), max_length=experiment.sequence_length)
+    model.save(os.path.join(export_dir, "model.keras"))
+
+
+def main(argv):
+    del argv
+    if not FLAGS.model_dir or not FLAGS.export_dir:
+        sys.exit("error: --model_dir and --export_dir are required.")
+    try:
+        export_trained_model(FLAGS.model_dir, FLAGS.export_dir)
+    except train.UserError as error:
+        sys.exit(f"error: {error}")
+    print(f"wrote {FLAGS.export_dir}/saved_model (signatures serving_default, score, generate) and "
+          f"{FLAGS.export_dir}/model.keras")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
