@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_VENV := .venv-torch
 TORCH_STAMP := $(TORCH_VENV)/.installed
 
-.PHONY: install test test-fast demo bench-setup bench-attention bench-routing clean
+.PHONY: install test test-fast demo bench-setup bench-attention bench-routing bench-maps clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ bench-routing: bench-setup
 
 bench-attention: install
 	$(PY) -m benchmarks.attention
+
+# Pictures of every attention variant and of a tiny trained routing layer's clusters (about a minute).
+bench-maps: install
+	$(PY) -m benchmarks.attention_maps
 
 clean:
 	rm -rf $(VENV) $(TORCH_VENV) build *.egg-info
