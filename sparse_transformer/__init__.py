@@ -2,6 +2,7 @@
 
 from sparse_transformer.attention import SparseAttention, sparse_attention
 from sparse_transformer.block_sparse import block_sparse_attention
+from sparse_transformer import decoding  # noqa: F401  (registers the "sparse" decoder)
 from sparse_transformer.model import SparseTransformerLM
 from sparse_transformer.patterns import attention_mask
 
