@@ -20,6 +20,7 @@ import math
 import keras
 from keras import ops
 
+from combiner import decoding
 from combiner.axial import ROW_SUMMARIES, axial_attention
 from combiner.fixed import fixed_attention
 from combiner.logsparse import logsparse_attention
@@ -225,19 +226,44 @@ class CombinerAttention(SelfAttention):
             return keys if self.row_key_bias is None else keys + self.row_key_bias[None, :, None, :]
         return project
 
-    def call(self, x, training=None):
-        q, k, v = (self.project(x, w) for w in (self.query, self.key, self.value))
-        options = dict(self.kernel_options)
+    def kernel_arguments(self, training=None):
+        options = super().kernel_arguments(training)
         if self.uses_pooling_kernels:
             options.update(query_pooling_kernel=self.query_pooling_kernel, key_pooling_kernel=self.key_pooling_kernel)
+        return options
+
+    def attend_input(self, x, q, k, v, training=None):
+        """The kernel on q, k, v with the row projection of this layer's input x (row_summary proj/wsum_proj)."""
+        options = self.kernel_arguments(training)
         if self.uses_row_projection:
             options.update(row_projection=self.row_projection(x, training))
-        if training and self.dropout:
-            options.update(dropout_rate=self.dropout, seed=self.seed_generator)
-        heads = combiner_attention(q, k, v, causal=self.causal, **options)
-        kernel, bias = self.output_projection
-        out = ops.einsum("bhld,hdo->blo", heads, kernel)
-        return out if bias is None else out + bias
+        return combiner_attention(q, k, v, **options)
+
+    def call(self, x, training=None):
+        q, k, v = self.project_heads(x)
+        return self.combine_heads(self.attend_input(x, q, k, v, training))
+
+    # Incremental decoding: the cache and the steps are `combiner.decoding`'s; it needs the queries (summary
+    # queries pool them) and the layer input (row projection), which the kernel registry's decoders do not get.
+
+    def prefill(self, x, max_length):
+        q, k, v = self.project_heads(x)
+        cache = self.start_cache(x, q, k, v, max_length)  # first: it rejects layers that cannot decode
+        return self.combine_heads(self.attend_input(x, q, k, v, training=False)), cache
+
+    def decoding_arguments(self):
+        """The options of `combiner.decoding.start` / `step`: the kernel's, and the row projection (not bound to
+        an input: a step projects the rows it completes)."""
+        options = self.kernel_arguments()
+        if self.uses_row_projection:
+            options.update(row_projection=self.row_projection)
+        return options
+
+    def start_cache(self, x, q, k, v, max_length):
+        return decoding.start(x, q, k, v, max_length, **self.decoding_arguments())
+
+    def attend_next(self, x, q, k, v, cache, position):
+        return decoding.step(x, q, k, v, cache, position, **self.decoding_arguments())
 
     def get_config(self):
         config = super().get_config()

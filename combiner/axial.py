@@ -21,6 +21,30 @@ from common.attention.softmax import masked_softmax
 ROW_SUMMARIES = ("none", "wsum", "proj", "wsum_proj")
 
 
+def row_summaries(qg, kg, vg, row_summary="none", row_projection=None, dropout_rate=0.0, seed=None):
+    """The abstractions of every row of grids [batch, heads, n, m, dim], one per column.
+
+    Returns (row logits [b, h, n, m, m] in float32, the full attention of each query over its own row; the
+    region values o [b, h, n, m, value_dim]; the region keys [b, h, n, m, key_dim] set by `row_summary`).
+    `row_projection` maps summaries [b, h, n x m, dim] to region keys [b, h, n x m, key_dim].
+    """
+    row_logits = ops.cast(ops.einsum("bhrqd,bhrkd->bhrqk", qg, kg), "float32")
+    row_weights = masked_softmax(row_logits, None, dropout_rate, seed)  # p(j | Omega) of row r at column q
+    summaries = ops.einsum("bhrqk,bhrkd->bhrqd", ops.cast(row_weights, vg.dtype), vg)  # o_{r,c}
+    if row_summary == "none":
+        return row_logits, summaries, kg
+    pre = summaries if row_summary == "proj" else ops.einsum(
+        "bhrqk,bhrkd->bhrqd", ops.cast(row_weights, kg.dtype), kg)
+    if row_summary == "wsum":
+        return row_logits, summaries, pre
+    projected = row_projection(from_grid(pre))
+    heads, key_dim = qg.shape[1], qg.shape[-1]
+    if len(projected.shape) != 4 or (projected.shape[1], projected.shape[3]) != (heads, key_dim):
+        raise ValueError(f"row_projection must return region keys [batch, heads, length, key_dim] = "
+                         f"[.., {heads}, .., {key_dim}]; got {tuple(projected.shape)}.")
+    return row_logits, summaries, to_grid(ops.cast(projected, kg.dtype), qg.shape[3])
+
+
 def axial_attention(q, k, v, *, segment_length, causal=True, row_summary="none", row_projection=None,
                     dropout_rate=0.0, seed=None):
     """Combiner-Axial on pre-scaled queries whose length is a multiple of `segment_length` (the row length).
@@ -31,24 +55,8 @@ def axial_attention(q, k, v, *, segment_length, causal=True, row_summary="none",
     release leaves the own row's region unmasked too.
     """
     qg, kg, vg = (to_grid(x, segment_length) for x in (q, k, v))  # [b, h, n, m, d]
-
-    row_logits = ops.cast(ops.einsum("bhrqd,bhrkd->bhrqk", qg, kg), "float32")  # [b, h, n, m, m]
-    row_weights = masked_softmax(row_logits, None, dropout_rate, seed)  # p(j | Omega) of row r at column q
-    summaries = ops.einsum("bhrqk,bhrkd->bhrqd", ops.cast(row_weights, v.dtype), vg)  # o_{r,c}
-    if row_summary == "none":
-        region_keys = kg
-    else:
-        pre = summaries if row_summary == "proj" else ops.einsum(
-            "bhrqk,bhrkd->bhrqd", ops.cast(row_weights, k.dtype), kg)
-        if row_summary in ("proj", "wsum_proj"):
-            projected = row_projection(from_grid(pre))
-            if len(projected.shape) != 4 or (projected.shape[1], projected.shape[3]) != (q.shape[1], q.shape[3]):
-                raise ValueError(f"row_projection must return region keys [batch, heads, length, key_dim] = "
-                                 f"[.., {q.shape[1]}, .., {q.shape[-1]}]; got {tuple(projected.shape)}.")
-            region_keys = to_grid(ops.cast(projected, k.dtype), segment_length)
-        else:
-            region_keys = pre
-
+    row_logits, summaries, region_keys = row_summaries(qg, kg, vg, row_summary, row_projection, dropout_rate,
+                                                       seed)
     region = ops.einsum("bhrcd,bhscd->bhrcs", qg, region_keys)  # [b, h, n, m, n]
     direct_keep, region_keep = grid_masks(ops.shape(qg)[2], segment_length, causal)
     direct_w, region_w = joint_softmax([(row_logits, direct_keep), (region, region_keep)],

@@ -10,8 +10,17 @@ at m ~ sqrt L.
 from keras import ops
 
 from combiner.joint import from_grid, grid_masks, joint_softmax, to_grid
-from combiner.summaries import pool
-from common.attention.softmax import masked_softmax
+from combiner.summaries import local_expectation, pool
+
+
+def segment_summaries(qg, kg, vg, local_summary="identity-max", query_pooling_kernel=None,
+                      key_pooling_kernel=None, dropout_rate=0.0, seed=None):
+    """One abstraction per segment of grids [batch, heads, n, m, dim]: the pooled keys as its key, and its
+    local expectation under the pooled queries as its value. Returns ([b, h, n, key_dim], [b, h, n, value_dim]).
+    """
+    query_bar = pool(qg, 3, local_summary, query_pooling_kernel)
+    key_bar = pool(kg, 3, local_summary, key_pooling_kernel)
+    return key_bar, local_expectation(query_bar, kg, vg, None, dropout_rate, seed)
 
 
 def fixed_attention(q, k, v, *, segment_length, causal=True, local_summary="identity-max",
@@ -23,13 +32,8 @@ def fixed_attention(q, k, v, *, segment_length, causal=True, local_summary="iden
     segment's summary unmasked too, so that segment is counted twice there.
     """
     qg, kg, vg = (to_grid(x, segment_length) for x in (q, k, v))  # [b, h, n, m, d]
-
-    # One abstraction per segment: pooled key and query, and the local expectation of the segment.
-    query_bar = pool(qg, 3, local_summary, query_pooling_kernel)  # [b, h, n, d]
-    key_bar = pool(kg, 3, local_summary, key_pooling_kernel)
-    inner = masked_softmax(ops.einsum("bhnd,bhnkd->bhnk", query_bar, kg), None, dropout_rate, seed)
-    value_bar = ops.einsum("bhnk,bhnkd->bhnd", ops.cast(inner, v.dtype), vg)
-
+    key_bar, value_bar = segment_summaries(qg, kg, vg, local_summary, query_pooling_kernel, key_pooling_kernel,
+                                           dropout_rate, seed)
     direct = ops.einsum("bhnqd,bhnkd->bhnqk", qg, kg)  # [b, h, n, m, m]
     region = ops.einsum("bhnqd,bhrd->bhnqr", qg, key_bar)  # [b, h, n, m, n]
     direct_keep, region_keep = grid_masks(ops.shape(qg)[2], segment_length, causal)

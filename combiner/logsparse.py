@@ -16,12 +16,19 @@ from keras import ops
 
 from combiner.cummax import shift
 from combiner.joint import joint_softmax
-from common.attention.softmax import masked_softmax
+from combiner.summaries import local_expectation
 
 
 def num_levels(length):
     """Levels of region blocks (2^0 .. 2^(levels - 1) tokens) that cover [0, p) for every p < length."""
     return max(length - 1, 0).bit_length()
+
+
+def block_summaries(qb, kb, vb, dropout_rate=0.0, seed=None):
+    """The abstraction of each block of [batch, heads, blocks, size, dim]: key = max of its keys, value = its
+    local expectation under the max of its queries. Returns ([b, h, blocks, key_dim], [b, h, blocks, value_dim]).
+    """
+    return ops.max(kb, axis=3), local_expectation(ops.max(qb, axis=3), kb, vb, None, dropout_rate, seed)
 
 
 def logsparse_attention(q, k, v, *, causal=True, dropout_rate=0.0, seed=None):
@@ -48,10 +55,7 @@ def logsparse_attention(q, k, v, *, causal=True, dropout_rate=0.0, seed=None):
         if size == 1:  # a block of one token is the token itself (no summary, as in JAX)
             key_bar, value_bar = kb[:, :, :, 0], vb[:, :, :, 0]
         else:  # a padded last block is never used: only blocks before a query's own block are.
-            key_bar = ops.max(kb, axis=3)
-            inner = masked_softmax(ops.einsum("bhnd,bhnsd->bhns", ops.max(qb, axis=3), kb), None, dropout_rate,
-                                   seed)
-            value_bar = ops.einsum("bhns,bhnsd->bhnd", ops.cast(inner, v.dtype), vb)
+            key_bar, value_bar = block_summaries(qb, kb, vb, dropout_rate, seed)
         key_prev, value_prev = shift(key_bar, 2), shift(value_bar, 2)  # each block sees the block before it
         logits = ops.reshape(ops.einsum("bhnsd,bhnd->bhns", qb, key_prev), (batch, heads, blocks * size))
         keep = ((positions // size) % 2 == 1)[:, None]

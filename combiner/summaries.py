@@ -39,24 +39,47 @@ def pool(x, axis, local_summary="identity-max", kernel=None):
     return {"max": ops.max, "mean": ops.mean, "sum": ops.sum}[pooling](x, axis=axis)
 
 
-def prefix_summaries(q, k, v, reverse=False, dropout_rate=0.0, seed=None):
-    """Abstractions of the regions {(a' < a, x)} of a grid, for every cell (a, x) (reverse: a' > a).
+def local_expectation(query, keys, values, keep=None, dropout_rate=0.0, seed=None):
+    """A region's value sum_j p(j | Omega) v_j with p(j | Omega) = softmax_j(query . k_j) (eq. 7).
+
+    Args:
+      query: [..., key_dim], the region's summary query. keys: [..., size, key_dim]. values: [..., size, dim].
+      keep: optional bool mask broadcastable to [..., size]; members left out of the region.
+      dropout_rate, seed: dropout on p(j | Omega), in training only.
+
+    Returns:
+      [..., dim] in the values' dtype.
+    """
+    weights = masked_softmax(ops.einsum("...d,...sd->...s", query, keys), keep, dropout_rate, seed)
+    return ops.einsum("...s,...sd->...d", ops.cast(weights, values.dtype), values)
+
+
+def inclusive_prefix_summaries(q, k, v, reverse=False, dropout_rate=0.0, seed=None):
+    """Abstractions of the regions {(a' <= a, x)} of a grid, for every cell (a, x) (reverse: a' >= a).
 
     Args:
       q, k, v: grids [batch, heads, A, X, dim]; the regions run along axis 2 (A), one per cell.
-      reverse: regions after the cell instead of before it.
+      reverse: regions from the cell to the end instead of from the start to the cell.
       dropout_rate, seed: dropout inside the local expectations.
 
     Returns:
       (keys [batch, heads, A, X, key_dim], values [batch, heads, A, X, value_dim]): key = max of k over the
-      region; value = its local expectation under the summary query max of q over the region. The empty region
-      (a = 0, or a = A - 1 when reverse) gets zeros: callers mask it. Cost O(A x A x X) per head.
+      region; value = its local expectation under the summary query max of q over the region. Cost
+      O(A x A x X) per head.
     """
     size = ops.shape(q)[2]
-    query, key = cummax(q, 2, reverse), cummax(k, 2, reverse)  # of the inclusive prefixes a' <= a
+    query, key = cummax(q, 2, reverse), cummax(k, 2, reverse)
     logits = ops.einsum("bhaxd,bhexd->bhxae", query, k)
     index = ops.arange(size)
     keep = index[None, :] >= index[:, None] if reverse else index[None, :] <= index[:, None]
     weights = masked_softmax(logits, keep, dropout_rate, seed)
     values = ops.einsum("bhxae,bhexd->bhaxd", ops.cast(weights, v.dtype), v)
+    return key, values
+
+
+def prefix_summaries(q, k, v, reverse=False, dropout_rate=0.0, seed=None):
+    """Abstractions of the strict regions {(a' < a, x)} of a grid, for every cell (a, x) (reverse: a' > a):
+    `inclusive_prefix_summaries` moved one step along A. The empty region (a = 0, or a = A - 1 when reverse)
+    gets zeros: callers mask it."""
+    key, values = inclusive_prefix_summaries(q, k, v, reverse, dropout_rate, seed)
     return shift(key, 2, reverse), shift(values, 2, reverse)  # inclusive prefix of a - 1 = strict prefix of a
