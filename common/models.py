@@ -11,6 +11,7 @@ from keras import ops
 
 from common.attention import checks
 from common.layers import DecoderBlock, FactorizedPositionEmbedding, FeedForward, LayerNorm
+from common.layers.autocast import autocast_weights
 from common.serialization import fresh_copy, fresh_initializer
 
 
@@ -167,7 +168,7 @@ class DecoderLM(keras.Model):
             return ops.cast(self.logits_layer(x), "float32")
         logits = ops.matmul(ops.cast(x, "float32"),
                             ops.transpose(ops.cast(self.token_embedding.embeddings, "float32")))
-        return logits if self.output_bias_weight is None else logits + self.output_bias_weight
+        return logits if self.output_bias_weight is None else logits + ops.cast(self.output_bias_weight, "float32")
 
     def call(self, token_ids, training=None):
         if len(token_ids.shape) != 2:
@@ -180,9 +181,13 @@ class DecoderLM(keras.Model):
     # Incremental decoding (`common.sample`): `prefill` runs the prompt once and returns every block's cache;
     # `decode` then computes one position at a time from the caches.
 
+    @autocast_weights
     def prefill(self, token_ids, max_length):
         """Logits of a prompt [batch, n] (as `call` without training) and the per-block caches for decoding
         positions n .. max_length - 1."""
+        if not self.built:
+            raise ValueError("decoding needs a built model: call it on token ids once (or restore trained weights) "
+                             "first.")
         x = self.block_inputs(self.embed(token_ids))
         caches = []
         for block in self.blocks:
@@ -190,6 +195,7 @@ class DecoderLM(keras.Model):
             caches.append(cache)
         return self.logits(x), tuple(caches)
 
+    @autocast_weights
     def decode(self, previous_ids, caches, position):
         """Logits [batch, vocabulary] at `position` (a scalar int tensor; they predict the token there), given
         the ids at position - 1, previous_ids [batch] (unused at position 0), and the caches of the positions

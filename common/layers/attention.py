@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from common.attention import checks, get_decoder, get_kernel
+from common.layers.autocast import autocast_weights
 from common.serialization import fresh_initializer
 
 
@@ -146,6 +147,7 @@ class SelfAttention(keras.layers.Layer):
     # token per step. The kernel's registered decoder does the work (`common.attention.decoding`); layers with
     # state or extra inputs override `start_cache` and `attend_next`.
 
+    @autocast_weights
     def prefill(self, x, max_length):
         """The layer's output on a prompt x [batch, n, dim] (not training) and the cache for decoding positions
         n .. max_length - 1. Returns (out, cache)."""
@@ -153,6 +155,7 @@ class SelfAttention(keras.layers.Layer):
         out = self.combine_heads(self.attend(q, k, v, training=False))
         return out, self.start_cache(x, q, k, v, max_length)
 
+    @autocast_weights
     def decode(self, x, cache, position):
         """The output at `position` (a scalar int tensor) for its input x [batch, 1, dim], given the cache of
         the positions before it. Returns (out [batch, 1, output_dim], cache)."""

@@ -2,6 +2,7 @@
 
 import keras
 
+from common.layers.autocast import autocast_weights
 from common.layers.normalization import LayerNorm
 from common.serialization import as_layer
 
@@ -67,12 +68,14 @@ class DecoderBlock(keras.layers.Layer):
         x = self._sublayer(x, self.attention, self.attention_norm, training)
         return self._sublayer(x, self.feed_forward, self.feed_forward_norm, training)
 
+    @autocast_weights
     def prefill(self, x, max_length):
         """The block on a prompt (not training) and its attention's decoding cache (see `SelfAttention`)."""
         y, cache = self.attention.prefill(self._branch_input(x, self.attention_norm), max_length)
         x = self._residual(x, y, self.attention_norm)
         return self._sublayer(x, self.feed_forward, self.feed_forward_norm, False), cache
 
+    @autocast_weights
     def decode(self, x, cache, position):
         """The block at one new position x [batch, 1, dim], given its attention's cache."""
         y, cache = self.attention.decode(self._branch_input(x, self.attention_norm), cache, position)

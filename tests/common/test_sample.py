@@ -71,6 +71,24 @@ def test_cached_logits_equal_the_full_pass(attention, options):
         np.testing.assert_allclose(cached, full[:, prompt_length:], atol=1e-4)
 
 
+def test_cached_logits_under_mixed_precision_match_the_full_pass():
+    """prefill and decode read weights in bfloat16 as `call` does (they are not called through __call__)."""
+    attention = SelfAttention(num_heads=2, key_dim=8, kernel="local", kernel_options={"block_size": 4},
+                              max_relative_position=3, dtype="mixed_bfloat16")
+    lm = _lm(attention, dtype="mixed_bfloat16")
+    ids = np.random.default_rng(1).integers(0, VOCAB, (2, 21)).astype(np.int32)
+    cached = tf.function(sample.incremental_logits)(lm, ids, 4).numpy()
+    assert cached.dtype == np.float32
+    np.testing.assert_allclose(cached, np.asarray(lm(ids))[:, 4:], atol=2e-2)
+
+
+def test_decoding_an_unbuilt_model_says_to_build_it():
+    lm = DecoderLM(vocabulary_size=VOCAB, num_layers=1, hidden_dim=8, ffn_dim=16,
+                   attention=SelfAttention(num_heads=2, key_dim=4))
+    with pytest.raises(ValueError, match="built model"):
+        lm.prefill(np.zeros((1, 3), np.int32), 8)
+
+
 def test_temperature_zero_is_the_greedy_continuation(model):
     got = _generate(model, PROMPT, 10, temperature=0.0)
     np.testing.assert_array_equal(got, _greedy(model, PROMPT, 10))
