@@ -28,11 +28,12 @@ for the backward pass (`common.attention.local.block_attention` recomputes the w
 import keras
 from keras import ops
 
-from common.attention import checks, get_kernel, local_attention, register_kernel, relative
+from common.attention import checks, get_decoder, get_kernel, local_attention, register_kernel, relative
 from common.attention.local import block_attention
 from common.kmeans import OnlineKMeans
 from common.layers import SelfAttention, layer_norm
 from common.serialization import fresh_initializer
+from routing_transformer import decoding
 
 
 def _check_routing_inputs(q, k, centroids, window, share_qk, require_coverage):
@@ -47,8 +48,6 @@ def _check_routing_inputs(q, k, centroids, window, share_qk, require_coverage):
         raise ValueError(f"centroids {tuple(centroids.shape)} do not match q {tuple(q.shape)}: need heads "
                          f"{q.shape[1]} and key_dim {q.shape[-1]}.")
     length = q.shape[2]
-    if length is not None and window > length:
-        raise ValueError(f"window {window} is larger than the sequence length {length}; use a window <= length.")
     if require_coverage and length is not None and clusters * window < length:
         raise ValueError(f"clusters x window = {clusters} x {window} = {clusters * window} does not cover the "
                          f"sequence length {length}; raise num_clusters or window.")
@@ -72,7 +71,9 @@ def routing_attention(q, k, v, *, centroids, window, causal=True, share_qk=True,
       q: [batch, heads, length, key_dim]. k: the same, or None with `share_qk`. v: [batch, heads, length,
         value_dim].
       centroids: [heads, clusters, key_dim]; they receive no gradient.
-      window: tokens per cluster (the original's `sparsity_cluster_attention_window`).
+      window: tokens per cluster (the original's `sparsity_cluster_attention_window`). A sequence shorter
+        than `window` puts every token in every cluster, as the original's fast decoding does (its blanked
+        future positions rank last), so that incremental decoding has a definition for short prefixes.
       causal: a query sees only keys at positions <= its own.
       share_qk: keys are the queries (needed for exact balance of queries and keys; the original default).
       routing: "balanced", the original: each cluster takes its `window` nearest tokens by top-k over the
@@ -142,6 +143,17 @@ def _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, 
     """The original's routing: the top-`window` tokens of each cluster, attended inside the cluster."""
     batch, heads = ops.shape(queries)[0], ops.shape(queries)[1]
     clusters = q_scores.shape[2]
+    length = ops.shape(queries)[2]
+    padded = queries.shape[2] is None or queries.shape[2] < window
+    if padded:
+        # Fewer tokens than `window`: every cluster holds them all. Zero rows up to `window` keep the shapes
+        # static; they sort after every token, so they are masked as keys, and their rows are cut.
+        extra = ops.maximum(window - length, 0)
+        padded_queries, v = (ops.pad(x, [[0, 0], [0, 0], [0, extra], [0, 0]]) for x in (queries, v))
+        keys = padded_queries if share_qk else ops.pad(keys, [[0, 0], [0, 0], [0, extra], [0, 0]])
+        queries = padded_queries
+        q_scores = ops.pad(q_scores, [[0, 0], [0, 0], [0, 0], [0, extra]])
+        k_scores = q_scores if share_qk else ops.pad(k_scores, [[0, 0], [0, 0], [0, 0], [0, extra]])
 
     def route(scores):
         """Positions of the `window` members of every cluster, sorted: [batch, heads, clusters, window]."""
@@ -165,9 +177,12 @@ def _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, 
         keep = ops.arange(window)[None, :] <= ops.arange(window)[:, None]
     elif causal:
         keep = k_members[:, :, :, None, :] <= q_members[:, :, :, :, None]
+    elif padded:
+        keep = k_members[:, :, :, None, :] < length
     out_c = block_attention(q_c, k_c, v_c, keep, scale=scale, relative_keys=relative_keys,
                             relative_values=relative_values, dropout_rate=dropout_rate, seed=seed)
-    return _scatter_mean(out_c, q_rows, v)
+    out = _scatter_mean(out_c, q_rows, v)
+    return out[:, :, :length] if padded else out
 
 
 def _sorted_cluster_attention(queries, v, assignment, *, window, causal, scale, relative_keys,
@@ -273,27 +288,48 @@ class RoutingAttention(SelfAttention):
         """With share_qk the routing heads use their queries as keys: only the local heads get key weights."""
         return self.local_heads if self.share_qk else self.num_heads
 
-    def attend(self, q, k, v, training=None):
-        outputs = []
-        dropout = dict(dropout_rate=self.dropout, seed=self.seed_generator) if training and self.dropout else {}
+    def split_heads(self, q, k, v):
+        """((q, k, v) of the routing heads, (q, k, v) of the local heads). With share_qk, k holds only the local
+        heads (see key_heads) and the routing heads' k is None."""
         r = self.routing_heads
-        # With share_qk, k holds only the local heads (see key_heads).
         k_routing, k_local = (None, k) if self.share_qk else (k, k)
-        if r and self.local_heads:
-            # One split per tensor: its gradient is a concatenation, where two slices would each scatter into a
-            # zero tensor of all heads.
-            (q_routing, q_local), (v_routing, v_local) = (ops.split(x, [r], axis=1) for x in (q, v))
-            if not self.share_qk:
-                k_routing, k_local = ops.split(k, [r], axis=1)
-        else:
-            q_routing = q_local = q
-            v_routing = v_local = v
-        if r:
-            routed, aux = routing_attention(
-                q_routing, k_routing, v_routing, centroids=self.kmeans.centroids,
-                window=self.window, causal=self.causal, share_qk=self.share_qk, routing=self.routing,
-                relative_keys=self.routing_relative_keys, relative_values=self.routing_relative_values,
-                require_coverage=self.require_coverage, **dropout)
+        if not (r and self.local_heads):
+            return (q, k_routing, v), (q, k_local, v)
+        # One split per tensor: its gradient is a concatenation, where two slices would each scatter into a
+        # zero tensor of all heads.
+        (q_routing, q_local), (v_routing, v_local) = (ops.split(x, [r], axis=1) for x in (q, v))
+        if not self.share_qk:
+            k_routing, k_local = ops.split(k, [r], axis=1)
+        return (q_routing, k_routing, v_routing), (q_local, k_local, v_local)
+
+    def mix_heads(self, outputs):
+        """Concatenates the routing and local heads' outputs and applies the shared per-head matrix."""
+        heads = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
+        if self.head_kernel is not None:
+            heads = ops.einsum("bhld,de->bhle", heads, self.head_kernel)
+        return heads
+
+    def routing_options(self):
+        """The routing heads' kernel and decoder options."""
+        return dict(centroids=self.kmeans.centroids, window=self.window, causal=self.causal, share_qk=self.share_qk,
+                    routing=self.routing, relative_keys=self.routing_relative_keys,
+                    relative_values=self.routing_relative_values, require_coverage=self.require_coverage)
+
+    def attend_heads(self, q, k, v, training=None):
+        """The mixed heads and the routing kernel's aux (None without routing heads); no loss, no k-means update."""
+        (q_routing, k_routing, v_routing), (q_local, k_local, v_local) = self.split_heads(q, k, v)
+        outputs, aux = [], None
+        if self.routing_heads:
+            dropout = dict(dropout_rate=self.dropout, seed=self.seed_generator) if training and self.dropout else {}
+            routed, aux = routing_attention(q_routing, k_routing, v_routing, **self.routing_options(), **dropout)
+            outputs.append(routed)
+        if self.local_heads:
+            outputs.append(get_kernel("local")(q_local, k_local, v_local, **self.kernel_arguments(training)))
+        return self.mix_heads(outputs), aux
+
+    def attend(self, q, k, v, training=None):
+        heads, aux = self.attend_heads(q, k, v, training)
+        if aux is not None:
             # As the original: one term for the queries and one for the keys (twice the same with share_qk,
             # computed once).
             query_loss = self.kmeans.commitment_loss(aux["queries"], aux["query_assignment"])
@@ -306,16 +342,39 @@ class RoutingAttention(SelfAttention):
                     vectors = ops.concatenate([vectors, aux["keys"]], axis=2)
                     assignment = ops.concatenate([assignment, aux["key_assignment"]], axis=2)
                 self.kmeans.update(vectors, assignment)
-            outputs.append(routed)
-        if self.local_heads:
-            options = dict(self.kernel_options, **dropout)
-            if self.relative_keys is not None:
-                options.update(relative_keys=self.relative_keys, relative_values=self.relative_values)
-            outputs.append(get_kernel("local")(q_local, k_local, v_local, causal=self.causal, **options))
-        heads = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
-        if self.head_kernel is not None:
-            heads = ops.einsum("bhld,de->bhle", heads, self.head_kernel)
         return heads
+
+    # Incremental decoding: the routing heads use `routing_transformer.decoding`, the local heads common's local
+    # decoder; centroids never move (no k-means update outside training).
+
+    def prefill(self, x, max_length):
+        """`SelfAttention.prefill` without the commitment loss, which outside `__call__` would stay in
+        `self.losses` (a dead symbolic tensor once traced)."""
+        q, k, v = self.project_heads(x)
+        heads, _ = self.attend_heads(q, k, v)
+        return self.combine_heads(heads), self.start_cache(x, q, k, v, max_length)
+
+    def start_cache(self, x, q, k, v, max_length):
+        routing, local = self.split_heads(q, k, v)
+        cache = {}
+        if self.routing_heads:
+            cache["routing"] = decoding.start(*routing, max_length, **self.routing_options())
+        if self.local_heads:
+            start, _ = get_decoder(self.kernel)
+            cache["local"] = start(*local[1:], max_length, **self.kernel_arguments())
+        return cache
+
+    def attend_next(self, x, q, k, v, cache, position):
+        routing, local = self.split_heads(q, k, v)
+        outputs, new_cache = [], {}
+        if self.routing_heads:
+            out, new_cache["routing"] = decoding.step(*routing, cache["routing"], position, **self.routing_options())
+            outputs.append(out)
+        if self.local_heads:
+            _, step = get_decoder(self.kernel)
+            out, new_cache["local"] = step(*local, cache["local"], position, **self.kernel_arguments())
+            outputs.append(out)
+        return self.mix_heads(outputs), new_cache
 
     def get_config(self):
         config = super().get_config()

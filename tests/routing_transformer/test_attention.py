@@ -325,16 +325,14 @@ def test_gradients_reach_q_and_v_not_centroids():
         assert np.all(np.abs(grad[count > 0]).max(-1) > 0.0)
 
 
-@pytest.mark.parametrize("case", ["window_too_large", "coverage", "centroid_heads", "centroid_dim", "window_zero",
-                                  "centroid_rank", "routing"])
+@pytest.mark.parametrize("case", ["coverage", "centroid_heads", "centroid_dim", "window_zero", "centroid_rank",
+                                  "routing"])
 def test_bad_inputs_raise(case):
     rng = np.random.default_rng(13)
     q, v = tf.constant(_normal(rng, 1, 2, 8, 4)), tf.constant(_normal(rng, 1, 2, 8, 3))
     centroids = tf.constant(_normal(rng, 2, 3, 4))
     options = dict(centroids=centroids, window=2)
-    if case == "window_too_large":
-        options.update(window=9)
-    elif case == "coverage":
+    if case == "coverage":
         options.update(require_coverage=True)  # 3 x 2 < 8
     elif case == "centroid_heads":
         options.update(centroids=tf.constant(_normal(rng, 3, 3, 4)))
@@ -351,6 +349,28 @@ def test_bad_inputs_raise(case):
     # The valid neighbours of the bad cases run.
     routing_attention(q, None, v, centroids=centroids, window=8)
     routing_attention(q, None, v, centroids=centroids, window=3, require_coverage=True)
+
+
+@pytest.mark.parametrize("routing,clusters,share_qk,causal", [
+    ("balanced", 3, True, True), ("balanced", 3, True, False), ("balanced", 3, False, True),
+    ("balanced", 3, False, False), ("causal", 1, True, True), ("causal", 1, True, False)])
+def test_a_sequence_shorter_than_the_window_is_in_every_cluster(routing, clusters, share_qk, causal):
+    """Fewer tokens than `window` (also with an unknown length): with balanced routing every cluster holds
+    every token, so every row is dense attention over layer_norm(q) with scale 1 and rank distances = position
+    distances, averaged over identical clusters. Causal routing's window then holds every earlier member of the
+    token's own cluster: dense with a single cluster."""
+    rng = np.random.default_rng(15)
+    q, k, v = (tf.constant(_normal(rng, 2, 2, 5, 4)) for _ in range(3))
+    tables = dict(relative_keys=tf.constant(_normal(rng, 7, 4)), relative_values=tf.constant(_normal(rng, 7, 4)))
+    want = dense_attention(layer_norm(q), layer_norm(q if share_qk else k), v, causal=causal, scale=1.0, **tables)
+    options = dict(centroids=tf.constant(_normal(rng, 2, clusters, 4)), window=8, causal=causal, share_qk=share_qk,
+                   routing=routing, **tables)
+    k = None if share_qk else k
+    got, _ = routing_attention(q, k, v, **options)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
+    unknown = tf.TensorSpec([2, 2, None, 4])
+    traced = tf.function(lambda q, v: routing_attention(q, k, v, **options)[0], input_signature=[unknown, unknown])
+    np.testing.assert_allclose(traced(q, v).numpy(), np.asarray(want), **TOL)
 
 
 def _large_dims(fn, length):
