@@ -32,6 +32,7 @@ from common.attention import checks, get_decoder, get_kernel, local_attention, r
 from common.attention.local import block_attention
 from common.kmeans import OnlineKMeans
 from common.layers import SelfAttention, layer_norm
+from common.layers.autocast import autocast_weights
 from common.serialization import fresh_initializer
 from routing_transformer import decoding
 
@@ -347,6 +348,7 @@ class RoutingAttention(SelfAttention):
     # Incremental decoding: the routing heads use `routing_transformer.decoding`, the local heads common's local
     # decoder; centroids never move (no k-means update outside training).
 
+    @autocast_weights
     def prefill(self, x, max_length):
         """`SelfAttention.prefill` without the commitment loss, which outside `__call__` would stay in
         `self.losses` (a dead symbolic tensor once traced)."""

@@ -10,8 +10,10 @@ import keras
 from keras import ops
 
 from common import sample
+from common.models import DecoderLM
 from common.layers import layer_norm
 from routing_transformer import decoding
+from routing_transformer.attention import RoutingAttention
 from routing_transformer.model import RoutingTransformerLM
 
 VOCAB, LENGTH, CLUSTERS, WINDOW = 40, 24, 3, 5  # clusters x window = 15 < 24: late tokens can be in no cluster
@@ -125,6 +127,26 @@ def test_decoding_moves_no_centroid_and_adds_no_loss(routing):
     for before, now in zip(state, after):
         np.testing.assert_array_equal(before, now)
     assert len(model.losses) == losses
+
+
+@pytest.mark.parametrize("routing", ["causal", "balanced"])
+def test_mixed_precision_decoding_follows_the_full_pass(routing):
+    """prefill reads the weights in bfloat16 as `call` does (it is not called through __call__)."""
+    keras.utils.set_random_seed(0)
+    policy = "mixed_bfloat16"
+    attention = RoutingAttention(local_heads=2, routing_heads=2, key_dim=8, num_clusters=CLUSTERS, window=WINDOW,
+                                 block_size=4, routing=routing, max_relative_position=4, dtype=policy)
+    model = DecoderLM(vocabulary_size=VOCAB, num_layers=1, hidden_dim=32, attention=attention, ffn_dim=32,
+                      dtype=policy)
+    model.build((None, None))
+    ids = _ids(repeats=False)
+    got = incremental_logits(model, ids, 4)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, _per_prefix(model, ids, 4), atol=2e-2, rtol=0)
+    layer = model.blocks[0].attention  # called alone too
+    x = ops.cast(np.random.default_rng(2).standard_normal((2, 6, 32)), "bfloat16")
+    out, _ = tf.function(layer.prefill)(x, 8)
+    np.testing.assert_array_equal(np.asarray(ops.cast(out, "float32")), np.asarray(ops.cast(layer(x), "float32")))
 
 
 def test_greedy_generation_follows_the_full_pass():
