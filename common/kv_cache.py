@@ -12,11 +12,17 @@ import tensorflow as tf
 
 
 def from_prompt(x, max_length):
-    """A cache of `max_length` slots holding x [batch, heads, length, dim] at positions 0 .. length - 1."""
+    """A cache of `max_length` slots holding x [batch, heads, length, dim] at positions 0 .. length - 1.
+
+    The slots' shape is set from x at run time, so that it is fully defined even when the batch size is not
+    known when tracing (a serving signature): reading no slot, or a slot never written (zeros), then works.
+    """
     x = tf.convert_to_tensor(x)
-    cache = tf.TensorArray(x.dtype, size=max_length, element_shape=tf.TensorShape([None, x.shape[1], x.shape[3]]),
-                           clear_after_read=False)
-    return cache.scatter(tf.range(tf.shape(x)[2]), tf.transpose(x, [2, 0, 1, 3]))
+    elements = tf.transpose(x, [2, 0, 1, 3])
+    slots = tf.raw_ops.TensorListReserve(element_shape=tf.shape(elements)[1:], num_elements=max_length,
+                                         element_dtype=x.dtype)
+    cache = tf.TensorArray(x.dtype, flow=slots, clear_after_read=False)
+    return cache.scatter(tf.range(tf.shape(x)[2]), elements)
 
 
 def write(cache, position, x):

@@ -140,6 +140,36 @@ def test_export_of_a_trained_model_keeps_its_weights(tmp_path):
     np.testing.assert_allclose(serve(token_ids=tf.constant(ids))["logits"].numpy(), after, rtol=1e-5, atol=1e-5)
 
 
+def _family_model(name):
+    if name.startswith("combiner"):
+        from combiner.model import CombinerLM
+
+        return CombinerLM(vocabulary_size=VOCAB, num_layers=2, hidden_dim=16, num_heads=2, max_length=MAX_LENGTH,
+                          variant=name.split("_")[1], segment_length=4)
+    from sparse_transformer.model import SparseTransformerLM
+
+    return SparseTransformerLM(vocabulary_size=VOCAB, num_layers=2, hidden_dim=16, num_heads=2,
+                               attention_schedule="local|strided", stride=4, summary=1, max_length=MAX_LENGTH)
+
+
+@pytest.mark.parametrize("name", ["combiner_fixed", "combiner_axial", "combiner_mixture", "sparse_strided"])
+def test_every_family_serves_logits_and_generation_at_any_batch_size(name, tmp_path):
+    """The caches of each family's decoder are built for a batch size known only when serving."""
+    keras.utils.set_random_seed(1)
+    model = _family_model(name)
+    model(np.zeros((1, 8), np.int32))
+    for weight in model.trainable_weights:  # away from the presets' zero-initialised output layers
+        weight.assign(np.random.default_rng(2).normal(0.0, 0.3, weight.shape).astype(np.float32))
+    export_saved_model(model, str(tmp_path / name))
+    loaded = tf.saved_model.load(str(tmp_path / name))
+    ids = np.random.default_rng(3).integers(0, VOCAB, (3, 11)).astype(np.int32)
+    np.testing.assert_allclose(loaded.signatures["serving_default"](token_ids=tf.constant(ids))["logits"].numpy(),
+                               np.asarray(model(ids)), atol=1e-4)
+    for prompt in (ids[:1, :1], ids[:, :6]):
+        got = loaded.signatures["generate"](**_signature_arguments(prompt, temperature=0.0))["generated_ids"]
+        np.testing.assert_array_equal(got.numpy(), _generate_in_process(model, prompt, temperature=0.0))
+
+
 # --- serving without this project ---------------------------------------------------------------------------
 
 # Run by a fresh interpreter: it refuses to import this project's packages, loads the SavedModel with
