@@ -43,30 +43,35 @@ class CombinerLM(DecoderLM):
       attention_dropout: the release's `dropatt`.
       norm_epsilon: LayerNorm epsilon.
       initializer: of every kernel and embedding; default N(0, 0.02).
+      mixed_precision: bfloat16 compute (float32 variables, softmax and logits).
     """
 
     def __init__(self, vocabulary_size=256, num_layers=12, hidden_dim=768, num_heads=12, ffn_dim=None,
                  max_length=2048, variant="fixed", segment_length=128, local_summary="identity-max",
                  row_summary="proj", embedding_dim=None, tie_embeddings=True, dropout=0.0,
-                 attention_dropout=0.0, norm_epsilon=1e-5, initializer=None, seed=None, **kwargs):
+                 attention_dropout=0.0, norm_epsilon=1e-5, initializer=None, mixed_precision=False, seed=None,
+                 **kwargs):
         for name, value in (("num_heads", num_heads), ("hidden_dim", hidden_dim), ("max_length", max_length)):
             checks.check_positive_int(name, value)
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} must be divisible by num_heads {num_heads}.")
         ffn_dim = 4 * hidden_dim if ffn_dim is None else ffn_dim
         initializer = keras.initializers.get(initializer or default_initializer())
+        if mixed_precision:
+            kwargs["dtype"] = "mixed_bfloat16"
         self.preset = dict(
             vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=hidden_dim, num_heads=num_heads,
             ffn_dim=ffn_dim, max_length=max_length, variant=variant, segment_length=segment_length,
             local_summary=local_summary, row_summary=row_summary, embedding_dim=embedding_dim,
             tie_embeddings=tie_embeddings, dropout=dropout, attention_dropout=attention_dropout,
-            norm_epsilon=norm_epsilon, initializer=keras.initializers.serialize(initializer), seed=seed)
+            norm_epsilon=norm_epsilon, initializer=keras.initializers.serialize(initializer),
+            mixed_precision=mixed_precision, seed=seed)
         attention = [
             CombinerAttention(num_heads=num_heads, key_dim=hidden_dim // num_heads, variant=variant,
                               segment_length=segment_length, causal=True, local_summary=local_summary,
                               row_summary=row_summary, use_bias=True, dropout=attention_dropout,
                               projection_dropout=dropout, kernel_initializer=initializer,
-                              seed=None if seed is None else seed + i)
+                              seed=None if seed is None else seed + i, dtype=kwargs.get("dtype"))
             for i in range(num_layers)]
         super().__init__(
             vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=hidden_dim, attention=attention,

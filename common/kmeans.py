@@ -14,14 +14,16 @@ Inputs are expected to be normalised already (scale-free layer norm, `common.lay
 original does; all-zero vectors (padding) are not counted. Counts are kept per head: the original sums a
 `[batch, heads, length, clusters]` one-hot through a reshape to `[-1, heads, clusters]` without a transpose,
 which mixes the counts of different heads when there is more than one; here each head counts its own tokens.
-`count` and `sum` are sums over the batch, so a distribution strategy all-reduces them by summing before the
-EMA (see `statistics` and `apply_statistics`).
+`count` and `sum` are sums over the batch: under tf.distribute, `update` sums them over the replicas before the
+EMA, so every replica applies the update of the whole global batch, and the variables are written from the
+first replica (aggregation ONLY_FIRST_REPLICA), so they stay identical on every replica.
 """
 
 import keras
 from keras import ops
 
 from common.attention import checks
+from common.distribute import replica_sum
 from common.layers.normalization import layer_norm
 
 
@@ -57,12 +59,13 @@ class OnlineKMeans(keras.layers.Layer):
             raise ValueError(f"OnlineKMeans needs a known last dimension; got input shape {input_shape}.")
         shape = (self.num_heads, self.num_clusters, dim)
         initial = layer_norm(keras.random.normal(shape, seed=self.seed))
-        self.centroids = self.add_weight(name="centroids", shape=shape, trainable=False,
-                                         initializer=lambda *_, **__: initial)
-        self.ema_sum = self.add_weight(name="ema_sum", shape=shape, trainable=False,
-                                       initializer=lambda *_, **__: initial)
-        self.ema_count = self.add_weight(name="ema_count", shape=shape[:2], trainable=False,
-                                         initializer="zeros")
+        # Read in float32 under mixed precision (no autocast); every replica computes the same update from the
+        # summed statistics and the first one's is written.
+        state = dict(trainable=False, autocast=False, aggregation="only_first_replica")
+        self.centroids = self.add_weight(name="centroids", shape=shape, initializer=lambda *_, **__: initial,
+                                         **state)
+        self.ema_sum = self.add_weight(name="ema_sum", shape=shape, initializer=lambda *_, **__: initial, **state)
+        self.ema_count = self.add_weight(name="ema_count", shape=shape[:2], initializer="zeros", **state)
 
     def scores(self, x):
         """Dot products with the centroids: [batch, heads, length, dim] -> [batch, heads, length, clusters]."""
@@ -86,8 +89,7 @@ class OnlineKMeans(keras.layers.Layer):
         return ops.take(table, rows, axis=0)
 
     def statistics(self, x, assignment):
-        """Per-head (count [heads, clusters], sum [heads, clusters, dim]) of this batch; sum these across
-        replicas before `apply_statistics`."""
+        """Per-head (count [heads, clusters], sum [heads, clusters, dim]) of this batch (this replica's share)."""
         x = ops.stop_gradient(ops.cast(x, "float32"))
         one_hot = ops.one_hot(ops.cast(assignment, "int32"), self.num_clusters)
         one_hot = one_hot * ops.cast(ops.any(ops.not_equal(x, 0.0), axis=-1), "float32")[..., None]
@@ -104,8 +106,9 @@ class OnlineKMeans(keras.layers.Layer):
         self.centroids.assign(ema_sum / smoothed[..., None])
 
     def update(self, x, assignment):
-        """One EMA step from a batch of vectors and their assignment (single replica)."""
-        self.apply_statistics(*self.statistics(x, assignment))
+        """One EMA step from a batch of vectors and their assignment; under tf.distribute, from the statistics
+        summed over the replicas (the update of the concatenated batch)."""
+        self.apply_statistics(*replica_sum(self.statistics(x, assignment)))
 
     def call(self, x, training=None):
         """Assigns `x` [batch, heads, length, dim] to centroids, updates them when training, and adds the

@@ -9,6 +9,13 @@ position (the tf.data iterator is part of the checkpoint). Checkpoints are writt
 `operative_config.gin` beside them. Bad input (missing gin file, unknown binding, unprepared dataset,
 checkpoint of another model shape, a sequence length the attention cannot take) ends with a one-line error
 and a non-zero exit code, and never overwrites a checkpoint.
+
+Distributed (`--strategy=mirrored | multi_worker | tpu`, see `common.distribute`): the same gin file trains
+on every replica of a tf.distribute strategy with the results of one device at the same global batch. Each
+replica takes its share of the global batch, its loss is scaled so that the replicas' gradients sum to the
+global one, and only the chief writes checkpoints, summaries, the operative config and evaluation results
+(other workers save to a temporary directory that they delete). Checkpoints hold no trace of the strategy: any
+strategy resumes them.
 """
 
 import contextlib
@@ -18,7 +25,9 @@ import logging as pylogging
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Optional
 
@@ -29,13 +38,12 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from common import data
+from common import data, distribute
 from common.configurables import register_configurables
 from common.metrics import token_cross_entropy
 
 GIN_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
 MODES = ("train", "eval", "train_and_eval")
-STRATEGIES = ("default", "mirrored", "multi_worker")
 
 FLAGS = flags.FLAGS
 
@@ -46,7 +54,11 @@ def define_flags():
     flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. 'Experiment.train_steps = 10'.")
     flags.DEFINE_string("model_dir", None, "Directory of checkpoints, summaries and the operative config.")
     flags.DEFINE_enum("mode", "train", MODES, "train, eval, or train_and_eval.")
-    flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
+    flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
+                      "tf.distribute strategy: default (one device), mirrored (all local devices), multi_worker "
+                      "(the workers of TF_CONFIG), tpu.")
+    flags.DEFINE_string("tpu", "local", "With --strategy=tpu: 'local' on a Cloud TPU VM, else the TPU's name or "
+                                        "grpc://address.")
 
 
 class UserError(Exception):
@@ -67,6 +79,8 @@ class Experiment:
       --mode=train_and_eval.
     eval_batches: evaluate on this many batches; None covers the whole split (needed for per-byte/per-word
       metrics).
+    batch_size: the global batch; under a strategy, a multiple of the number of replicas.
+    jit_compile: XLA-compile the training and evaluation steps; on one replica only (see `step_function`).
     """
 
     model: Optional[Callable] = None
@@ -198,32 +212,92 @@ def write_atomically(path, text):
     os.replace(tmp, path)
 
 
-def loss_and_metrics(model, batch, training):
-    """Cross-entropy over the batch's weighted tokens, plus the layers' auxiliary losses in training."""
+def call_model(model, ids, training):
+    """`model(ids)` -> (logits, this call's auxiliary losses), safe on replicas.
+
+    The call runs in a `keras.StatelessScope`, which collects its losses: Keras keeps `model.losses` in the
+    layers, which replicas share, and a replica that reaches a synchronisation point inside the forward pass
+    (the k-means all-reduce) lets the next replica clear and refill them. The state updates of the call
+    (k-means EMA, dropout seeds), held back by the scope, are written to the variables right after it.
+    """
+    with keras.StatelessScope(collect_losses=True) as scope:
+        logits = model(ids, training=training)
+    updated = [v for v in model.non_trainable_variables if scope.get_current_value(v) is not None]
+    if len(updated) != len(scope.state_mapping):
+        raise ValueError(f"{model.name} assigned variables outside its non_trainable_variables; the trainer "
+                         f"would lose those updates.")
+    for variable in updated:
+        variable.assign(scope.get_current_value(variable))
+    return logits, scope.losses
+
+
+def loss_and_metrics(model, batch, training, global_tokens=None):
+    """Cross-entropy over the batch's weighted tokens, plus the layers' auxiliary losses in training.
+
+    Under a strategy, `batch` is one replica's share and `global_tokens` the weighted tokens of the global
+    batch: the cross-entropy is divided by those and the auxiliary losses by the number of replicas, so that
+    the replicas' losses, metrics and gradients sum to those of one device on the global batch.
+    """
     ids, weights = batch["token_ids"], batch["weights"]
-    logits = model(ids, training=training)
+    logits, losses = call_model(model, ids, training)
     nats, _ = token_cross_entropy(ids, logits)
     total = tf.reduce_sum(nats * weights)
     count = tf.reduce_sum(weights)
-    cross_entropy = total / tf.maximum(count, 1.0)
-    auxiliary = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
+    cross_entropy = total / tf.maximum(count if global_tokens is None else global_tokens, 1.0)
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context else 1
+    auxiliary = tf.add_n(losses) / replicas if losses else tf.constant(0.0)
     return cross_entropy + auxiliary, {"cross_entropy": cross_entropy, "total_nats": total, "tokens": count}
 
 
-def make_train_step(model, optimizer, clip_norm, jit_compile):
-    @tf.function(jit_compile=jit_compile)
-    def train_step(batch):
+def step_function(strategy, replica_fn, jit_compile):
+    """A tf.function running `replica_fn(global_batch)` on every replica of `strategy` and summing its outputs.
+
+    XLA-compiled when `jit_compile` and there is one replica: TensorFlow cannot XLA-compile a step whose
+    replicas synchronise (gradient and k-means all-reduces are merge calls, and one compiled function cannot
+    use variables on several devices); TPUStrategy compiles its steps itself.
+    """
+    jit = jit_compile and strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.TPUStrategy)
+
+    @tf.function(jit_compile=jit)
+    def step(batch):
+        outputs = strategy.run(replica_fn, args=(batch,))
+        return tf.nest.map_structure(lambda x: strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None), outputs)
+
+    return step
+
+
+def apply_gradients(optimizer, grads, variables, clip_norm):
+    """Applies one replica's gradients; the optimizer sums them over replicas. Clipping by the global norm
+    needs the summed gradient: it is all-reduced here and each replica hands the optimizer 1/N of it."""
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync
+    if clip_norm:
+        if replicas > 1:
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+        if replicas > 1:
+            grads = [g / replicas for g in grads]
+    optimizer.apply(grads, variables)
+
+
+def make_train_step(model, optimizer, clip_norm, jit_compile, strategy=None):
+    """One training step on a global batch under `strategy` (default: one device); returns the metrics of the
+    global batch. Model and optimizer must have been created under `strategy.scope()`."""
+    strategy = strategy or tf.distribute.get_strategy()
+
+    def replica_step(batch):
+        global_tokens = tf.reduce_sum(batch["weights"])
         with tf.GradientTape() as tape:
-            loss, metrics = loss_and_metrics(model, batch, training=True)
+            loss, metrics = loss_and_metrics(model, distribute.replica_share(batch), training=True,
+                                             global_tokens=global_tokens)
         # Embedding gradients come as IndexedSlices; Keras 3.15's Adafactor fails on them when a table is hit
         # by many indices (e.g. 12,288 image positions into 64 rows), so every gradient is made dense.
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
-        if clip_norm:
-            grads, _ = tf.clip_by_global_norm(grads, clip_norm)
-        optimizer.apply(grads, model.trainable_variables)
+        apply_gradients(optimizer, grads, model.trainable_variables, clip_norm)
         return dict(metrics, loss=loss)
 
-    return train_step
+    return step_function(strategy, replica_step, jit_compile)
 
 
 def routing_statistics(model):
@@ -246,20 +320,41 @@ def _duration(seconds):
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def train(experiment, model_dir):
-    """Trains to `experiment.train_steps`, resuming from the latest checkpoint in model_dir."""
-    model, info = build_model(experiment)
-    learning_rate = experiment.learning_rate
-    optimizer = experiment.optimizer(learning_rate=learning_rate)
-    optimizer.build(model.trainable_variables)
+def check_replicas(experiment, strategy):
+    """Every replica takes an equal share of the global batch; says that jit_compile is ignored on several."""
+    replicas = strategy.num_replicas_in_sync
+    if experiment.batch_size % replicas:
+        raise UserError(f"Experiment.batch_size = {experiment.batch_size} is not a multiple of the {replicas} "
+                        f"replicas of the strategy; every replica takes an equal share of the global batch.")
+    if replicas > 1 and experiment.jit_compile:
+        print(f"{replicas} replicas: Experiment.jit_compile is ignored (see common.train.step_function)", flush=True)
+
+
+def summary_writer(strategy, directory):
+    """A summary writer to `directory` on the chief, one that writes nothing on the other workers."""
+    if strategy.extended.should_save_summary:
+        return tf.summary.create_file_writer(directory)
+    return tf.summary.create_noop_writer()
+
+
+def train(experiment, model_dir, strategy=None):
+    """Trains to `experiment.train_steps` under `strategy` (default: one device), resuming from the latest
+    checkpoint in model_dir."""
+    strategy = strategy or tf.distribute.get_strategy()
+    check_replicas(experiment, strategy)
+    with strategy.scope():
+        model, info = build_model(experiment)
+        learning_rate = experiment.learning_rate
+        optimizer = experiment.optimizer(learning_rate=learning_rate)
+        optimizer.build(model.trainable_variables)
     iterator = iter(make_dataset(experiment, "train", training=True))
     step = tf.Variable(0, dtype=tf.int64, name="step")
     checkpoint, manager = make_checkpoint(model, optimizer, step, iterator, os.path.join(model_dir, "checkpoints"),
                                           experiment.keep_checkpoints)
-    if restore(checkpoint, manager):
+    if restore(checkpoint, manager):  # Every worker resumes from the chief's checkpoints.
         print(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}", flush=True)
-    train_step = make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile)
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+    train_step = make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile, strategy)
+    writer = summary_writer(strategy, os.path.join(model_dir, "train"))
     start_step, start_time = int(step.numpy()), time.time()
     window_tokens, window_time = 0.0, time.time()
     while int(step.numpy()) < experiment.train_steps:
@@ -286,41 +381,58 @@ def train(experiment, model_dir):
                     tf.summary.scalar(name, value)
             window_tokens, window_time = 0.0, time.time()
         if current % experiment.checkpoint_every == 0 or current == experiment.train_steps:
-            save(manager, model_dir, current)
+            save(checkpoint, manager, model_dir, current, strategy)
         if experiment.eval_every and current % experiment.eval_every == 0 and current < experiment.train_steps:
-            results = evaluate_model(model, info, experiment, current, model_dir)
+            results = evaluate_model(model, info, experiment, current, model_dir, strategy)
             print(f"step {current}  eval bits/token {results['bits_per_token']:.4f}", flush=True)
     writer.flush()
     return model
 
 
-def save(manager, model_dir, step):
-    manager.save(checkpoint_number=step)
-    write_atomically(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
+def save(checkpoint, manager, model_dir, step, strategy):
+    """The chief writes the checkpoint (through `manager`) and the operative config. Another worker saves too
+    (saving can involve collective ops), into a temporary directory that it deletes."""
+    if strategy.extended.should_checkpoint:
+        manager.save(checkpoint_number=step)
+        write_atomically(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
+        return
+    directory = tempfile.mkdtemp(prefix="worker_checkpoint_")
+    try:
+        tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1).save(checkpoint_number=step)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-def evaluate(experiment, model_dir):
-    """Evaluates the latest checkpoint on `experiment.eval_split`; writes eval_results.json and summaries."""
-    model, info = build_model(experiment)
+def evaluate(experiment, model_dir, strategy=None):
+    """Evaluates the latest checkpoint on `experiment.eval_split` under `strategy` (default: one device); the
+    chief writes eval_results.json and summaries."""
+    strategy = strategy or tf.distribute.get_strategy()
+    check_replicas(experiment, strategy)
+    with strategy.scope():
+        model, info = build_model(experiment)
     step = tf.Variable(0, dtype=tf.int64, name="step")
     checkpoint = tf.train.Checkpoint(**model_objects(model), step=step)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=None)
     if manager.latest_checkpoint is None:
         raise UserError(f"no checkpoint in {model_dir}/checkpoints; train first (--mode=train).")
     restore(checkpoint, manager)
-    results = evaluate_model(model, info, experiment, int(step.numpy()), model_dir)
-    write_atomically(os.path.join(model_dir, "eval_results.json"), json.dumps(results, indent=2) + "\n")
+    results = evaluate_model(model, info, experiment, int(step.numpy()), model_dir, strategy)
+    if strategy.extended.should_checkpoint:
+        write_atomically(os.path.join(model_dir, "eval_results.json"), json.dumps(results, indent=2) + "\n")
     return results
 
 
-def evaluate_model(model, info, experiment, step, model_dir):
+def evaluate_model(model, info, experiment, step, model_dir, strategy=None):
     """The model's metrics on `experiment.eval_split` (all of it, or `eval_batches` batches), also written as
-    TensorBoard scalars under model_dir/eval at `step`."""
+    TensorBoard scalars under model_dir/eval at `step` (by the chief). Every replica scores its share of each
+    batch."""
+    strategy = strategy or tf.distribute.get_strategy()
 
-    @tf.function(jit_compile=experiment.jit_compile)
-    def eval_step(batch):
-        _, metrics = loss_and_metrics(model, batch, training=False)
+    def replica_eval(batch):
+        _, metrics = loss_and_metrics(model, distribute.replica_share(batch), training=False)
         return metrics["total_nats"], metrics["tokens"]
+
+    eval_step = step_function(strategy, replica_eval, experiment.jit_compile)
 
     dataset = make_dataset(experiment, experiment.eval_split, training=False)
     if experiment.eval_batches:
@@ -335,7 +447,7 @@ def evaluate_model(model, info, experiment, step, model_dir):
                "perplexity": math.exp(total_nats / max(tokens, 1.0))}
     if not experiment.eval_batches:
         results.update(unit_metrics(experiment, info, total_nats))
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+    writer = summary_writer(strategy, os.path.join(model_dir, "eval"))
     with writer.as_default(step=step):
         for name, value in results.items():
             if isinstance(value, float):
@@ -359,15 +471,20 @@ def unit_metrics(experiment, info, total_nats):
     return results
 
 
-def run(gin_files, gin_params, model_dir, mode):
+def run(gin_files, gin_params, model_dir, mode, strategy="default", tpu="local"):
+    """What `python -m common.train` does; `strategy` names a `common.distribute` strategy."""
+    try:  # First: MultiWorkerMirroredStrategy must be created before TensorFlow runs anything.
+        distribution = distribute.make_strategy(strategy, tpu)
+    except ValueError as error:
+        raise UserError(_first_line(error)) from error
     experiment = parse_config(gin_files, gin_params)
     os.makedirs(model_dir, exist_ok=True)
     if mode in ("train", "train_and_eval"):
-        train(experiment, model_dir)
+        train(experiment, model_dir, distribution)
         print(f"checkpoints: {model_dir}/checkpoints  TensorBoard: tensorboard --logdir {model_dir}  "
               f"operative config: {model_dir}/operative_config.gin", flush=True)
     if mode in ("eval", "train_and_eval"):
-        results = evaluate(experiment, model_dir)
+        results = evaluate(experiment, model_dir, distribution)
         print("eval: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in results.items()), flush=True)
         return results
@@ -379,10 +496,8 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)  # progress and errors are printed; library warnings are noise here
     if not FLAGS.model_dir:
         sys.exit("error: --model_dir is required.")
-    if FLAGS.strategy != "default":
-        sys.exit(f"error: --strategy={FLAGS.strategy} is not available yet; use --strategy=default.")
     try:
-        run(FLAGS.gin_file, FLAGS.gin_param, FLAGS.model_dir, FLAGS.mode)
+        run(FLAGS.gin_file, FLAGS.gin_param, FLAGS.model_dir, FLAGS.mode, FLAGS.strategy, FLAGS.tpu)
     except UserError as error:
         sys.exit(f"error: {error}")
 

@@ -28,7 +28,8 @@ class RoutingTransformerLM(DecoderLM):
     `routing="balanced"` is the original's top-k routing, which is not strictly causal (see
     `routing_attention`); `routing="causal"` is strictly causal. `block_size` and `look_back` are the local
     heads' query block and the number of previous blocks they see (the original's `query_shape` and
-    `memory_flange / query_shape`).
+    `memory_flange / query_shape`). `mixed_precision` computes in bfloat16 with float32 variables, k-means
+    state, softmax and logits.
     """
 
     def __init__(self, vocabulary_size=256, num_layers=24, hidden_dim=512, embedding_dim=None, ffn_dim=2048,
@@ -37,7 +38,8 @@ class RoutingTransformerLM(DecoderLM):
                  max_relative_position=1024,
                  local_relative=True, routing_relative=True, skip_first=0, dropout=0.1, attention_dropout=0.0,
                  ffn_dropout=0.0, input_dropout=0.0, norm_epsilon=1e-6, decay=0.999, beta=1e-4,
-                 require_coverage=False, position_axes=None, initializer=None, seed=None, **kwargs):
+                 require_coverage=False, position_axes=None, initializer=None, mixed_precision=False, seed=None,
+                 **kwargs):
         num_heads = local_heads + routing_heads
         if num_heads < 1 or hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} must be divisible by local_heads + routing_heads = "
@@ -46,6 +48,8 @@ class RoutingTransformerLM(DecoderLM):
             raise ValueError(f"skip_first must be in [0, num_layers={num_layers}]; got {skip_first}.")
         initializer = keras.initializers.get(initializer or default_initializer())
         ffn_use_bias = ffn_activation != "geglu" if ffn_use_bias is None else ffn_use_bias
+        if mixed_precision:
+            kwargs["dtype"] = "mixed_bfloat16"
         self.preset = dict(
             vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=hidden_dim,
             embedding_dim=embedding_dim, ffn_dim=ffn_dim, ffn_activation=ffn_activation,
@@ -56,7 +60,7 @@ class RoutingTransformerLM(DecoderLM):
             attention_dropout=attention_dropout, ffn_dropout=ffn_dropout, input_dropout=input_dropout,
             norm_epsilon=norm_epsilon, decay=decay, beta=beta, require_coverage=require_coverage,
             position_axes=list(position_axes) if position_axes else None,
-            initializer=keras.initializers.serialize(initializer), seed=seed)
+            initializer=keras.initializers.serialize(initializer), mixed_precision=mixed_precision, seed=seed)
         attention = []
         for i in range(num_layers):
             layer_routing_heads = routing_heads if i >= skip_first else 0
@@ -68,7 +72,7 @@ class RoutingTransformerLM(DecoderLM):
                 local_relative=local_relative,
                 routing_relative=routing_relative, decay=decay, beta=beta, require_coverage=require_coverage,
                 dropout=attention_dropout, kernel_initializer=initializer,
-                seed=None if seed is None else seed + i))
+                seed=None if seed is None else seed + i, dtype=kwargs.get("dtype")))
         super().__init__(
             vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=hidden_dim, attention=attention,
             ffn_dim=ffn_dim, ffn_activation=ffn_activation, ffn_use_bias=ffn_use_bias, ffn_dropout=ffn_dropout,
