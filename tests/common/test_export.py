@@ -265,11 +265,10 @@ def test_cli_exports_a_trained_model_that_serves_and_reloads(trained, tmp_path):
     ids = np.random.default_rng(6).integers(0, 256, size=(2, experiment.sequence_length)).astype(np.int32)
     reloaded = keras.models.load_model(str(out / "model.keras"))
     np.testing.assert_allclose(np.asarray(reloaded(ids)), np.asarray(model(ids)), atol=1e-5)
-    centroids = [w for w in model.weights if "centroids" in w.path]
-    assert centroids
-    for weight in centroids:
-        match = [w for w in reloaded.weights if w.path == weight.path]
-        np.testing.assert_array_equal(np.asarray(match[0]), np.asarray(weight))
+    pairs = [(w, r) for w, r in zip(model.weights, reloaded.weights) if "centroids" in w.path]
+    assert pairs and len(model.weights) == len(reloaded.weights)
+    for weight, restored in pairs:  # by position: paths carry per-process model name suffixes
+        np.testing.assert_array_equal(np.asarray(restored), np.asarray(weight))
 
     results = serve_in_a_fresh_process(str(out / "saved_model"), dict(
         token_ids=[ids.tolist()], prompts=[[[100, 101, 102]]],

@@ -212,11 +212,12 @@ def test_cli_unknown_binding_is_named(binding, named, tmp_path):
 
 
 def test_cli_sequence_length_the_attention_cannot_take(corpus, tmp_path):
-    params = tiny_params(corpus, sequence_length=64, model={"routing": "balanced", "window": 128})
+    params = tiny_params(corpus, sequence_length=64, model={"routing": "balanced", "window": 16,
+                                                            "require_coverage": True})  # 2 clusters x 16 < 64
     result = run_module("common.train", *gin_param_args(params), f"--model_dir={tmp_path / 'm'}")
     line = assert_one_line_error(result)
     assert "sequence_length=64" in line
-    assert "window" in line, f"the error should name the constraint (window vs length): {line}"
+    assert "window" in line, f"the error should name the constraint (clusters x window vs length): {line}"
     assert not os.path.exists(tmp_path / "m" / "checkpoints")
 
 
