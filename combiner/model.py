@@ -33,7 +33,9 @@ class CombinerLM(DecoderLM):
     bytes (the released config's 1024 does not match the paper's 32K SentencePiece model).
 
     Args:
-      vocabulary_size, num_layers, hidden_dim, num_heads: sizes; key_dim = hidden_dim / num_heads.
+      vocabulary_size, num_layers, hidden_dim, num_heads: sizes; value width per head hidden_dim / num_heads.
+      qk_ratio: query/key width / value width (0.5: the half-size queries and keys of Child et al.'s CIFAR-10
+        model, as `SparseTransformerLM.qk_ratio`).
       ffn_dim: feed-forward width; default 4 x hidden_dim.
       max_length: rows of the learned position table (the released `max_seq_len`).
       variant, segment_length, local_summary, row_summary: the attention (see `combiner_attention`).
@@ -46,7 +48,7 @@ class CombinerLM(DecoderLM):
       mixed_precision: bfloat16 compute (float32 variables, softmax and logits).
     """
 
-    def __init__(self, vocabulary_size=256, num_layers=12, hidden_dim=768, num_heads=12, ffn_dim=None,
+    def __init__(self, vocabulary_size=256, num_layers=12, hidden_dim=768, num_heads=12, qk_ratio=1.0, ffn_dim=None,
                  max_length=2048, variant="fixed", segment_length=128, local_summary="identity-max",
                  row_summary="proj", embedding_dim=None, tie_embeddings=True, dropout=0.0,
                  attention_dropout=0.0, norm_epsilon=1e-5, initializer=None, mixed_precision=False, seed=None,
@@ -55,19 +57,22 @@ class CombinerLM(DecoderLM):
             checks.check_positive_int(name, value)
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} must be divisible by num_heads {num_heads}.")
+        value_dim = hidden_dim // num_heads
+        key_dim = int(round(value_dim * qk_ratio))
+        checks.check_positive_int("key_dim (hidden_dim / num_heads x qk_ratio)", key_dim)
         ffn_dim = 4 * hidden_dim if ffn_dim is None else ffn_dim
         initializer = keras.initializers.get(initializer or default_initializer())
         if mixed_precision:
             kwargs["dtype"] = "mixed_bfloat16"
         self.preset = dict(
             vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=hidden_dim, num_heads=num_heads,
-            ffn_dim=ffn_dim, max_length=max_length, variant=variant, segment_length=segment_length,
+            qk_ratio=qk_ratio, ffn_dim=ffn_dim, max_length=max_length, variant=variant, segment_length=segment_length,
             local_summary=local_summary, row_summary=row_summary, embedding_dim=embedding_dim,
             tie_embeddings=tie_embeddings, dropout=dropout, attention_dropout=attention_dropout,
             norm_epsilon=norm_epsilon, initializer=keras.initializers.serialize(initializer),
             mixed_precision=mixed_precision, seed=seed)
         attention = [
-            CombinerAttention(num_heads=num_heads, key_dim=hidden_dim // num_heads, variant=variant,
+            CombinerAttention(num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, variant=variant,
                               segment_length=segment_length, causal=True, local_summary=local_summary,
                               row_summary=row_summary, use_bias=True, dropout=attention_dropout,
                               projection_dropout=dropout, kernel_initializer=initializer,

@@ -6,6 +6,8 @@ one with a learned start vector, runs the blocks, and returns float32 logits [ba
 So `model.fit(x=ids, y=ids)` trains it, and every position, the first included, is scored.
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -30,9 +32,17 @@ class DecoderLM(keras.Model):
         embeddings to hidden_dim and another maps the final hidden state back before the output head.
       position_axes: None for no absolute positions (the Routing Transformer relies on relative attention),
         or the axis sizes of a learned factorised position embedding, e.g. (max_length,), (32, 32, 3).
+      channel_embeddings: tensor2tensor's image embeddings (`get_channel_embeddings`,
+        `add_positional_embedding_nd`), for images flattened as position_axes = (rows, columns, channels):
+        the id input at position t (token t - 1) is looked up in the table of t's channel (vocabulary_size x
+        channels rows) and, start vector included, multiplied by sqrt(embedding_dim); the positions are one
+        table per spatial axis holding a vector per channel (see `FactorizedPositionEmbedding`), multiplied by
+        sqrt(channels x hidden_dim). Untied output only.
       norm_placement: "pre" or "post" LayerNorm in the blocks; norm_epsilon its epsilon.
       final_norm: LayerNorm after the last block; default True for pre-LN, False for post-LN.
       dropout: residual dropout; input_dropout: dropout on the input embeddings.
+      target_dropout: in training, each input id is replaced by id 0 with this probability before the shift
+        (tensor2tensor's `target_dropout`, where id 0 is padding); the targets scored by the loss are unchanged.
       tie_embeddings: the output head reuses the token embedding matrix.
       output_bias: a bias on the output logits.
       kernel_initializer: initialiser of feed-forward input projections; ffn_output_initializer of the
@@ -45,11 +55,11 @@ class DecoderLM(keras.Model):
 
     def __init__(self, vocabulary_size, num_layers, hidden_dim, attention, ffn_dim, ffn_activation="gelu",
                  ffn_use_bias=True, ffn_dropout=0.0, ffn_chunk_size=None, embedding_dim=None, position_axes=None,
-                 norm_placement="pre", norm_epsilon=1e-6, final_norm=None, dropout=0.0, input_dropout=0.0,
-                 tie_embeddings=False, output_bias=True, kernel_initializer="glorot_uniform",
-                 ffn_output_initializer=None, embeddings_initializer="glorot_uniform",
-                 logits_initializer="glorot_uniform", position_initializer=None, seed=None, remat=False,
-                 **kwargs):
+                 channel_embeddings=False, norm_placement="pre", norm_epsilon=1e-6, final_norm=None, dropout=0.0,
+                 input_dropout=0.0, target_dropout=0.0, tie_embeddings=False, output_bias=True,
+                 kernel_initializer="glorot_uniform", ffn_output_initializer=None,
+                 embeddings_initializer="glorot_uniform", logits_initializer="glorot_uniform",
+                 position_initializer=None, seed=None, remat=False, **kwargs):
         super().__init__(**kwargs)
         for name, value in (("vocabulary_size", vocabulary_size), ("num_layers", num_layers),
                             ("hidden_dim", hidden_dim), ("ffn_dim", ffn_dim)):
@@ -68,6 +78,14 @@ class DecoderLM(keras.Model):
         self.ffn_chunk_size = ffn_chunk_size
         self.embedding_dim = embedding_dim or hidden_dim
         self.position_axes = tuple(position_axes) if position_axes else None
+        if not 0.0 <= target_dropout < 1.0:
+            raise ValueError(f"target_dropout must be in [0, 1); got {target_dropout}.")
+        if channel_embeddings and (tie_embeddings or not self.position_axes or len(self.position_axes) < 2):
+            raise ValueError(f"channel_embeddings needs position_axes = (rows, columns, channels) and an untied "
+                             f"output; got position_axes={position_axes}, tie_embeddings={tie_embeddings}.")
+        self.channel_embeddings = channel_embeddings
+        self.channels = self.position_axes[-1] if channel_embeddings else 1
+        self.target_dropout = target_dropout
         self.norm_placement = norm_placement
         self.norm_epsilon = norm_epsilon
         self.final_norm = (norm_placement == "pre") if final_norm is None else final_norm
@@ -84,7 +102,7 @@ class DecoderLM(keras.Model):
         self.remat = remat
 
         self.token_embedding = keras.layers.Embedding(
-            vocabulary_size, self.embedding_dim, name="token_embedding", dtype=self.dtype_policy,
+            vocabulary_size * self.channels, self.embedding_dim, name="token_embedding", dtype=self.dtype_policy,
             embeddings_initializer=fresh_initializer(self.embeddings_initializer))
         self.embedding_projection = self.output_projection = None
         if self.embedding_dim != hidden_dim:
@@ -96,7 +114,9 @@ class DecoderLM(keras.Model):
         if self.position_axes:
             self.position_embedding = FactorizedPositionEmbedding(self.position_axes, name="position_embedding",
                                                                   initializer=self.position_initializer,
+                                                                  channel_tables=channel_embeddings,
                                                                   dtype=self.dtype_policy)
+        self.target_dropout_seed = keras.random.SeedGenerator(seed) if target_dropout else None
         self.input_dropout_layer = keras.layers.Dropout(input_dropout, seed=seed, dtype=self.dtype_policy)
         # A tuple, not a list: tf.train.Checkpoint does not see layers in Keras 3's tracked lists (they would
         # only be saved by position; see common.train.untracked_variables).
@@ -143,11 +163,27 @@ class DecoderLM(keras.Model):
             self.output_bias_weight = self.add_weight(name="output_bias", shape=(self.vocabulary_size,),
                                                       initializer="zeros")
 
+    def drop_targets(self, token_ids, training=None):
+        """In training, the ids with each replaced by 0 with probability `target_dropout`; else the ids."""
+        if not training or not self.target_dropout:
+            return token_ids
+        dropped = keras.random.uniform(ops.shape(token_ids), seed=self.target_dropout_seed) < self.target_dropout
+        return ops.where(dropped, ops.zeros_like(token_ids), token_ids)
+
+    def lookup(self, token_ids, positions):
+        """Embeddings of ids input at `positions` (the tables of their channels with channel_embeddings)."""
+        if self.channel_embeddings:
+            token_ids = token_ids + ops.cast(positions % self.channels * self.vocabulary_size, token_ids.dtype)
+        return self.token_embedding(token_ids)
+
+    def scale_embeddings(self, embeddings):
+        return embeddings * math.sqrt(self.embedding_dim) if self.channel_embeddings else embeddings
+
     def embed(self, token_ids):
         """Token embeddings shifted right by one, the learned start vector first: position t sees ids < t."""
-        x = self.token_embedding(token_ids)
+        x = self.lookup(token_ids, ops.arange(1, ops.shape(token_ids)[1] + 1))
         start = ops.broadcast_to(ops.cast(self.start, x.dtype), (ops.shape(x)[0], 1, self.embedding_dim))
-        return ops.concatenate([start, x[:, :-1]], axis=1)
+        return self.scale_embeddings(ops.concatenate([start, x[:, :-1]], axis=1))
 
     def block_inputs(self, embeddings, offset=0, training=None):
         """Shifted embeddings [batch, length, embedding_dim] of positions offset.. -> the first block's input."""
@@ -155,7 +191,10 @@ class DecoderLM(keras.Model):
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)
         if self.position_embedding is not None:
-            x = x + self.position_embedding(x, offset=offset)
+            positions = self.position_embedding(x, offset=offset)
+            if self.channel_embeddings:
+                positions = positions * math.sqrt(self.channels * self.hidden_dim)
+            x = x + positions
         return self.input_dropout_layer(x, training=training)
 
     def logits(self, x):
@@ -173,7 +212,7 @@ class DecoderLM(keras.Model):
     def call(self, token_ids, training=None):
         if len(token_ids.shape) != 2:
             raise ValueError(f"DecoderLM expects token ids [batch, length]; got shape {tuple(token_ids.shape)}.")
-        x = self.block_inputs(self.embed(token_ids), training=training)
+        x = self.block_inputs(self.embed(self.drop_targets(token_ids, training)), training=training)
         for block in self.blocks:
             x = block(x, training=training)
         return self.logits(x)
@@ -200,9 +239,9 @@ class DecoderLM(keras.Model):
         """Logits [batch, vocabulary] at `position` (a scalar int tensor; they predict the token there), given
         the ids at position - 1, previous_ids [batch] (unused at position 0), and the caches of the positions
         before. Returns (logits, caches)."""
-        x = self.token_embedding(previous_ids[:, None])
+        x = self.lookup(previous_ids[:, None], position)
         start = ops.broadcast_to(ops.cast(self.start, x.dtype), ops.shape(x))
-        x = self.block_inputs(ops.where(position > 0, x, start), offset=position)
+        x = self.block_inputs(self.scale_embeddings(ops.where(position > 0, x, start)), offset=position)
         new_caches = []
         for block, cache in zip(self.blocks, caches):
             x, cache = block.decode(x, cache, position)
@@ -221,8 +260,9 @@ class DecoderLM(keras.Model):
             ffn_dim=self.ffn_dim, ffn_activation=self.ffn_activation, ffn_use_bias=self.ffn_use_bias,
             ffn_dropout=self.ffn_dropout, ffn_chunk_size=self.ffn_chunk_size, embedding_dim=self.embedding_dim,
             position_axes=list(self.position_axes) if self.position_axes else None,
-            norm_placement=self.norm_placement, norm_epsilon=self.norm_epsilon, final_norm=self.final_norm,
-            dropout=self.dropout, input_dropout=self.input_dropout, tie_embeddings=self.tie_embeddings,
+            channel_embeddings=self.channel_embeddings, norm_placement=self.norm_placement,
+            norm_epsilon=self.norm_epsilon, final_norm=self.final_norm, dropout=self.dropout,
+            input_dropout=self.input_dropout, target_dropout=self.target_dropout, tie_embeddings=self.tie_embeddings,
             output_bias=self.output_bias, kernel_initializer=serialize(self.kernel_initializer),
             ffn_output_initializer=serialize(self.ffn_output_initializer),
             embeddings_initializer=serialize(self.embeddings_initializer),

@@ -6,8 +6,11 @@ biases (ReLU with biases for the image configs), no absolute positions (relative
 `position_axes` is given), an embedding size that may differ from the hidden size with dense maps on both
 sides, an untied output layer with bias, `variance_scaling(0.2, fan_avg, uniform)` initialisation, and
 per-layer attention: the first `skip_first` layers use local heads only (local + routing heads count), the
-others `local_heads` local heads plus `routing_heads` routing heads.
+others `local_heads` local heads plus `routing_heads` routing heads. Options of the released hparams:
+`target_dropout` (text) and `channel_embeddings` (the image model `SparseImagetransformer`).
 """
+
+import math
 
 import keras
 
@@ -30,6 +33,12 @@ class RoutingTransformerLM(DecoderLM):
     heads' query block and the number of previous blocks they see (the original's `query_shape` and
     `memory_flange / query_shape`). `mixed_precision` computes in bfloat16 with float32 variables, k-means
     state, softmax and logits.
+
+    `target_dropout` replaces input ids by 0 in training (see `DecoderLM`; wikitext-103 uses 0.25).
+    `channel_embeddings` embeds images flattened as `position_axes = (rows, columns, channels)` as the
+    original's image model does: a token table per channel scaled by sqrt(width), and row and column position
+    tables with a vector per channel, drawn N(0, 1 / sqrt(channels x width)) and scaled by sqrt(channels x
+    width) (see `DecoderLM`).
     """
 
     def __init__(self, vocabulary_size=256, num_layers=24, hidden_dim=512, embedding_dim=None, ffn_dim=2048,
@@ -37,9 +46,9 @@ class RoutingTransformerLM(DecoderLM):
                  window=1, block_size=256, look_back=1, share_qk=True, routing="balanced",
                  max_relative_position=1024,
                  local_relative=True, routing_relative=True, skip_first=0, dropout=0.1, attention_dropout=0.0,
-                 ffn_dropout=0.0, input_dropout=0.0, norm_epsilon=1e-6, decay=0.999, beta=1e-4,
-                 require_coverage=False, position_axes=None, initializer=None, mixed_precision=False, seed=None,
-                 **kwargs):
+                 ffn_dropout=0.0, input_dropout=0.0, target_dropout=0.0, norm_epsilon=1e-6, decay=0.999, beta=1e-4,
+                 require_coverage=False, position_axes=None, channel_embeddings=False, initializer=None,
+                 mixed_precision=False, seed=None, **kwargs):
         num_heads = local_heads + routing_heads
         if num_heads < 1 or hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} must be divisible by local_heads + routing_heads = "
@@ -58,8 +67,9 @@ class RoutingTransformerLM(DecoderLM):
             share_qk=share_qk, routing=routing, max_relative_position=max_relative_position,
             local_relative=local_relative, routing_relative=routing_relative, skip_first=skip_first, dropout=dropout,
             attention_dropout=attention_dropout, ffn_dropout=ffn_dropout, input_dropout=input_dropout,
-            norm_epsilon=norm_epsilon, decay=decay, beta=beta, require_coverage=require_coverage,
-            position_axes=list(position_axes) if position_axes else None,
+            target_dropout=target_dropout, norm_epsilon=norm_epsilon, decay=decay, beta=beta,
+            require_coverage=require_coverage,
+            position_axes=list(position_axes) if position_axes else None, channel_embeddings=channel_embeddings,
             initializer=keras.initializers.serialize(initializer), mixed_precision=mixed_precision, seed=seed)
         attention = []
         for i in range(num_layers):
@@ -73,13 +83,18 @@ class RoutingTransformerLM(DecoderLM):
                 routing_relative=routing_relative, decay=decay, beta=beta, require_coverage=require_coverage,
                 dropout=attention_dropout, kernel_initializer=initializer,
                 seed=None if seed is None else seed + i, dtype=kwargs.get("dtype")))
+        position_initializer = None
+        if channel_embeddings and position_axes:
+            position_initializer = keras.initializers.RandomNormal(
+                stddev=1.0 / math.sqrt(position_axes[-1] * hidden_dim))
         super().__init__(
             vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=hidden_dim, attention=attention,
             ffn_dim=ffn_dim, ffn_activation=ffn_activation, ffn_use_bias=ffn_use_bias, ffn_dropout=ffn_dropout,
-            embedding_dim=embedding_dim, position_axes=position_axes, norm_placement="post",
-            norm_epsilon=norm_epsilon, final_norm=False, dropout=dropout, input_dropout=input_dropout,
-            tie_embeddings=False, output_bias=True, kernel_initializer=initializer,
-            embeddings_initializer=initializer, logits_initializer=initializer, seed=seed, **kwargs)
+            embedding_dim=embedding_dim, position_axes=position_axes, channel_embeddings=channel_embeddings,
+            norm_placement="post", norm_epsilon=norm_epsilon, final_norm=False, dropout=dropout,
+            input_dropout=input_dropout, target_dropout=target_dropout, tie_embeddings=False, output_bias=True,
+            kernel_initializer=initializer, embeddings_initializer=initializer, logits_initializer=initializer,
+            position_initializer=position_initializer, seed=seed, **kwargs)
 
     def routing_layers(self):
         """The attention layers that have routing heads (their `kmeans` holds the centroids)."""

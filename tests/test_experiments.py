@@ -5,7 +5,7 @@
 - Parameter counts at full size are within 5% of the papers' figures where the papers give one: Sparse
   Transformer 95M (enwik8), 59M (CIFAR-10), 152M (ImageNet 64). The Routing Transformer and Combiner papers give
   none in the reference notes (the Routing README's "RT-base 200M" does not match its own PG-19 hparams, which
-  give ~450M with a 32K vocabulary; the zoo counts 453.0M), so only their counts are recorded in the README.
+  give ~450M with a 32K vocabulary; the zoo counts 452.7M), so only their counts are recorded in the README.
 - The deferred count equals `count_params()` of a model built for real (small config).
 - Shrunk from the command line (gin bindings after the file), every experiment trains two steps on
   `tfds.testing.mock_data` (pg19, cifar10, downsampled_imagenet, wiki40b) or on tiny fake archives (enwik8,
@@ -96,6 +96,27 @@ def test_ablation_variants_share_one_architecture():
         (6, 512, 3072, 32)}
     assert infos["fixed"].parameters == infos["logsparse"].parameters == infos["mixture"].parameters
     assert infos["axial"].parameters > infos["fixed"].parameters  # the `proj` row summary's two D x D maps
+
+
+# Options of the original hparams the experiments once lacked (target dropout, image embeddings, half-size
+# queries and keys), with what the released code sets next to them.
+BOUND_OPTIONS = {
+    "routing_transformer/wikitext103_4k.gin": dict(target_dropout=0.25, input_dropout=0.4),
+    "routing_transformer/wikitext103_local_4k.gin": dict(target_dropout=0.25, routing_heads=0),
+    "routing_transformer/cifar10.gin": dict(channel_embeddings=True, position_axes=[32, 32, 3], block_size=256,
+                                            dropout=0.3),
+    "routing_transformer/imagenet64.gin": dict(channel_embeddings=True, position_axes=[64, 64, 3], block_size=512,
+                                               dropout=0.3),
+    "routing_transformer/enwik8_8k.gin": dict(target_dropout=0.0, channel_embeddings=False),
+    "combiner/cifar10_axial.gin": dict(qk_ratio=0.5, ffn_dim=512),
+    "combiner/imagenet64_axial.gin": dict(qk_ratio=1.0),
+}
+
+
+@pytest.mark.parametrize("path", sorted(BOUND_OPTIONS))
+def test_experiment_binds_the_original_options(path):
+    model = train.parse_config([path], []).model(vocabulary_size=256)  # not built: no weights
+    assert {key: model.get_config()[key] for key in BOUND_OPTIONS[path]} == BOUND_OPTIONS[path]
 
 
 def test_deferred_count_equals_a_real_build():

@@ -1,5 +1,6 @@
 """CombinerLM: strict causality for every variant, a jit_compile fit step and `.keras` round trip, the preset
-(pre-LN, tanh-GELU, learned positions, tied output), the config, the gin file and argument checks."""
+(pre-LN, tanh-GELU, learned positions, tied output), half-size queries and keys (`qk_ratio`), the config, the
+gin file and argument checks."""
 
 import numpy as np
 import pytest
@@ -87,6 +88,35 @@ def test_preset_config_round_trips():
     assert all(block.attention.variant == "mixture" for block in clone.blocks)
 
 
+def test_qk_ratio_halves_the_query_and_key_width():
+    """qk_ratio 0.5: queries, keys and the axial row projection's region keys are 4 wide per head, values 8;
+    the saving is 3 kernels [16, 2, 4] and 3 biases [2, 4] per layer (query, key, row key)."""
+    full, half = _model(variant="axial"), _model(variant="axial", qk_ratio=0.5)
+    ids = _ids(4)
+    full(ids)
+    half(ids)
+    attention = half.blocks[0].attention
+    assert (attention.key_dim, attention.value_dim) == (4, 8)
+    assert tuple(attention.query[0].shape) == tuple(attention.key[0].shape) == (16, 2, 4)
+    assert tuple(attention.value[0].shape) == (16, 2, 8) and tuple(attention.row_key_kernel.shape) == (16, 2, 4)
+    assert full.count_params() - half.count_params() == 2 * 3 * (16 * 2 * 4 + 2 * 4)
+
+
+@pytest.mark.parametrize("variant", ["fixed", "axial"])
+def test_qk_ratio_model_is_causal_and_round_trips(variant):
+    model = _model(variant=variant, qk_ratio=0.5)
+    ids = _ids(5, length=22)
+    base = np.asarray(model(ids, training=False))
+    changed = ids.copy()
+    changed[:, 11:] = (ids[:, 11:] + 1) % VOCAB
+    np.testing.assert_allclose(np.asarray(model(changed, training=False))[:, :12], base[:, :12], rtol=0,
+                               atol=1e-5)
+    config = model.get_config()
+    assert config["qk_ratio"] == 0.5 and CombinerLM.from_config(config).get_config() == config
+    restored = check_keras_round_trip(model, ids)
+    assert restored.blocks[0].attention.key_dim == 4
+
+
 def test_shipped_gin_config_parses():
     experiment = train.parse_config(["combiner/local_text.gin"], ["Experiment.train_steps = 7"])
     assert experiment.dataset == "local_text" and experiment.train_steps == 7
@@ -96,7 +126,8 @@ def test_shipped_gin_config_parses():
 
 
 @pytest.mark.parametrize("kwargs", [dict(hidden_dim=17), dict(num_heads=0), dict(variant="dense"),
-                                    dict(segment_length=0), dict(max_length=0), dict(local_summary="max")])
+                                    dict(segment_length=0), dict(max_length=0), dict(local_summary="max"),
+                                    dict(qk_ratio=0.0), dict(qk_ratio=0.05)])
 def test_invalid_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         _model(**kwargs)

@@ -1,10 +1,13 @@
-"""DecoderLM: causality, training, .keras round-trip, tied embeddings, options, errors, auxiliary losses."""
+"""DecoderLM: causality, training, .keras round-trip, tied embeddings, options (target dropout, per-channel
+image embeddings), errors, auxiliary losses."""
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras import ops
 
+from common import sample, train
 from common.layers import SelfAttention
 from common.metrics import BitsPerToken, LanguageModelLoss
 from common.models import DecoderLM
@@ -264,3 +267,97 @@ def test_auxiliary_losses_are_added_to_the_training_loss():
     # The auxiliary layer survives a .keras round trip.
     restored = check_keras_round_trip(aux, ids)
     assert type(restored.blocks[0].attention) is AuxLossAttention
+
+
+# --- target dropout ------------------------------------------------------------------------------------------
+
+def test_target_dropout_replaces_ids_by_zero_at_its_rate_in_training_only():
+    model = _model(target_dropout=0.25, seed=3)
+    ids = np.random.default_rng(11).integers(1, VOCAB, (64, 512)).astype(np.int32)
+    for training in (None, False):
+        np.testing.assert_array_equal(np.asarray(model.drop_targets(ids, training)), ids)
+    dropped = np.asarray(model.drop_targets(ids, training=True))
+    zeroed = dropped == 0
+    np.testing.assert_array_equal(dropped[~zeroed], ids[~zeroed])
+    assert abs(zeroed.mean() - 0.25) < 0.01, zeroed.mean()  # 32,768 draws: standard deviation 0.0024
+    assert not np.array_equal(np.asarray(model.drop_targets(ids, training=True)) == 0, zeroed)  # redrawn
+    np.testing.assert_array_equal(np.asarray(_model().drop_targets(ids, training=True)), ids)  # default off
+
+
+def test_target_dropout_feeds_dropped_ids_and_the_loss_scores_the_original_targets():
+    """A training step (common.train's loss) sees the dropped ids as inputs but scores every original token."""
+    model = _model(target_dropout=0.5, seed=4)
+    ids = _ids(seed=12, batch=4)
+    ids[ids == 0] = 1
+    inference = _logits(model, ids)
+    np.testing.assert_array_equal(_logits(model, ids), inference)  # nothing dropped outside training
+    state = np.array(model.target_dropout_seed.state)
+    dropped = np.asarray(model.drop_targets(ids, training=True))
+    assert 0 < (dropped == 0).sum() < ids.size
+    model.target_dropout_seed.state.assign(state)  # the step below draws the same mask
+    batch = {"token_ids": tf.constant(ids), "weights": tf.ones(ids.shape)}
+    loss, metrics = train.loss_and_metrics(model, batch, training=True)
+    logits = _logits(model, dropped)
+    assert not np.allclose(logits, inference, atol=1e-4)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(log_probs, ids[..., None], -1).mean()
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    assert float(metrics["tokens"]) == ids.size
+
+
+# --- per-channel image embeddings --------------------------------------------------------------------------
+
+AXES = (2, 4, 3)  # rows, columns, channels: 24 positions
+
+
+def _image_model(**kwargs):
+    return _model(attention=_dense(), position_axes=AXES, channel_embeddings=True, **kwargs)
+
+
+def test_channel_embeddings_equal_a_hand_computed_lookup():
+    """Position t (channel t % 3) gets token t - 1 from channel t % 3's table, times sqrt(embedding_dim), and
+    the position rows[t // 12, t % 3] + columns[(t // 3) % 4, t % 3], times sqrt(channels x hidden_dim)."""
+    model = _image_model(embedding_dim=6)
+    ids = _ids(seed=13)
+    model(ids)
+    table, start = np.asarray(model.token_embedding.embeddings), np.asarray(model.start)
+    assert table.shape == (3 * VOCAB, 6)
+    expected = np.sqrt(6) * np.stack([[start] + [table[t % 3 * VOCAB + row[t - 1]] for t in range(1, 24)]
+                                      for row in ids])
+    embedded = model.embed(ids)
+    np.testing.assert_allclose(np.asarray(embedded), expected, rtol=1e-6)
+    rows, columns = [np.asarray(t) for t in model.position_embedding.tables]
+    assert rows.shape == (2, 3, HIDDEN) and columns.shape == (4, 3, HIDDEN)
+    positions = np.sqrt(3 * HIDDEN) * np.stack([rows[t // 12, t % 3] + columns[t // 3 % 4, t % 3] for t in range(24)])
+    added = np.asarray(model.block_inputs(embedded)) - np.asarray(model.embedding_projection(embedded))
+    np.testing.assert_allclose(added, np.broadcast_to(positions, added.shape), rtol=1e-5, atol=1e-5)
+
+
+def test_channel_embeddings_decode_as_the_full_pass():
+    model = _image_model()
+    ids = _ids(seed=14)
+    full = _logits(model, ids)
+    for prompt in (1, 5):
+        incremental = tf.function(sample.incremental_logits)(model, ids, prompt).numpy()
+        np.testing.assert_allclose(incremental, full[:, prompt:], rtol=0, atol=1e-4)
+
+
+def test_target_dropout_and_channel_embeddings_train_with_jit_and_round_trip():
+    model = _image_model(target_dropout=0.25, seed=5)
+    ids = _ids(seed=15, batch=4)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LanguageModelLoss(), jit_compile=True)
+    before = np.array(model(ids, training=False))
+    assert np.isfinite(model.fit(ids, ids, batch_size=4, epochs=1, verbose=0).history["loss"][0])
+    assert not np.allclose(_logits(model, ids), before)
+    config = model.get_config()
+    assert config["target_dropout"] == 0.25 and config["channel_embeddings"] is True
+    restored = check_keras_round_trip(model, ids)
+    assert restored.target_dropout == 0.25 and restored.channel_embeddings and restored.channels == 3
+
+
+@pytest.mark.parametrize("kwargs", [dict(target_dropout=1.0), dict(target_dropout=-0.1),
+                                    dict(channel_embeddings=True), dict(channel_embeddings=True, position_axes=(24,)),
+                                    dict(channel_embeddings=True, position_axes=AXES, tie_embeddings=True)])
+def test_bad_embedding_options_raise(kwargs):
+    with pytest.raises(ValueError, match="target_dropout|channel_embeddings"):
+        _model(**kwargs)

@@ -1,5 +1,8 @@
 """RoutingTransformerLM: causality (what balanced and causal routing guarantee), k-means updates under a jit
-fit step, `.keras` round-trip, the preset config and argument checks."""
+fit step, `.keras` round-trip, the preset config, the original's target dropout and image embeddings, and
+argument checks."""
+
+import math
 
 import numpy as np
 import pytest
@@ -138,8 +141,39 @@ def test_weights_are_not_initialised_to_copies_of_each_other():
     assert identical == [], f"{len(identical)} pairs of identical initial weights, e.g. {identical[:4]}"
 
 
+IMAGE = dict(position_axes=(4, 4, 3), local_relative=False, routing_relative=False, ffn_activation="relu")
+
+
+def test_image_embeddings_preset_parameters_and_initialisation():
+    """channel_embeddings: a token table per channel ([vocabulary x channels, width]) and row / column position
+    tables with a vector per channel, drawn N(0, 1 / sqrt(channels x hidden_dim)) as T2T's."""
+    ids = _ids(6)
+    plain, image = _model(**IMAGE), _model(channel_embeddings=True, **IMAGE)
+    plain(ids)
+    image(ids)
+    assert tuple(image.token_embedding.embeddings.shape) == (VOCAB * 3, 16)
+    assert [tuple(t.shape) for t in image.position_embedding.tables] == [(4, 3, 32), (4, 3, 32)]
+    tokens = VOCAB * 2 * 16  # two more channel tables of width embedding_dim 16
+    positions = (4 + 4) * 3 * 32 - (4 + 4 + 3) * 32
+    assert image.count_params() - plain.count_params() == tokens + positions
+    stds = [np.asarray(t).std() for t in image.position_embedding.tables]
+    np.testing.assert_allclose(stds, 1 / math.sqrt(3 * 32), rtol=0.15)
+
+
+def test_image_embeddings_and_target_dropout_round_trip_after_a_jit_fit_step():
+    model = _model(channel_embeddings=True, target_dropout=0.25, **IMAGE)
+    ids = _ids(7)
+    assert np.isfinite(_fit_once(model, ids).history["loss"][0])
+    config = model.get_config()
+    assert config["channel_embeddings"] is True and config["target_dropout"] == 0.25
+    assert RoutingTransformerLM.from_config(config).get_config() == config
+    restored = check_keras_round_trip(model, ids)
+    assert restored.channel_embeddings and restored.target_dropout == 0.25
+
+
 @pytest.mark.parametrize("kwargs", [dict(hidden_dim=30), dict(local_heads=3, routing_heads=2, hidden_dim=32),
-                                    dict(skip_first=4), dict(skip_first=-1), dict(local_heads=0, routing_heads=0)])
+                                    dict(skip_first=4), dict(skip_first=-1), dict(local_heads=0, routing_heads=0),
+                                    dict(target_dropout=1.0), dict(channel_embeddings=True)])
 def test_invalid_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         _model(**kwargs)

@@ -88,3 +88,26 @@ def test_standard_layer_checks(axis_sizes):
     # The output [1, 7, 8] is broadcast against a [2, 7, 8] target so that fit sees the input's batch size.
     target = np.random.default_rng(6).standard_normal(x.shape).astype(np.float32)
     run_layer_checks(FactorizedPositionEmbedding, dict(axis_sizes=axis_sizes), x, (1, 7, DIM), fit_target=target)
+
+
+def test_channel_tables_hold_a_vector_per_channel():
+    """channel_tables: no channel table; the row and column tables have a row per (index, channel), and
+    position (r, c, ch) sums rows[r, ch] + columns[c, ch] (T2T's image position embedding)."""
+    layer = FactorizedPositionEmbedding((4, 5, 3), channel_tables=True)
+    layer.build((None, None, DIM))
+    rows, columns = [np.asarray(t) for t in layer.tables]
+    assert rows.shape == (4, 3, DIM) and columns.shape == (5, 3, DIM)
+    out = np.asarray(layer(_inputs(60)))[0]
+    expected = np.stack([rows[i // 15, i % 3] + columns[(i // 3) % 5, i % 3] for i in range(60)])
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(layer(_inputs(4), offset=tf.constant(40)))[0], out[40:44])
+    assert layer.get_config()["channel_tables"] is True
+    with pytest.raises(ValueError, match="channel_tables"):
+        FactorizedPositionEmbedding((3,), channel_tables=True)
+
+
+def test_channel_tables_standard_layer_checks():
+    x = _inputs(7, seed=7)
+    target = np.random.default_rng(8).standard_normal(x.shape).astype(np.float32)
+    run_layer_checks(FactorizedPositionEmbedding, dict(axis_sizes=(2, 2, 3), channel_tables=True), x, (1, 7, DIM),
+                     fit_target=target)
