@@ -58,7 +58,7 @@ def _check_pooling_kernel(name, kernel, key_dim):
 
 def combiner_attention(q, k, v, *, variant, segment_length=None, causal=True, scale=None,
                        local_summary="identity-max", query_pooling_kernel=None, key_pooling_kernel=None,
-                       row_summary="none", row_projection=None, dropout_rate=0.0, seed=None):
+                       row_summary="none", row_projection=None, max_length=None, dropout_rate=0.0, seed=None):
     """Combiner attention of one variant.
 
     Args:
@@ -75,6 +75,8 @@ def combiner_attention(q, k, v, *, variant, segment_length=None, causal=True, sc
       row_summary: axial only; the region key: none / wsum / proj / wsum_proj (see combiner/axial.py).
       row_projection: for proj and wsum_proj, a function mapping summaries [batch, heads, length, dim] to region
         keys [batch, heads, length, key_dim] (`CombinerAttention` passes its learned projection).
+      max_length: logsparse only; the longest length a call whose length is known only at run time may have
+        (it sets the number of levels; a longer one fails when run). None: static lengths only.
       dropout_rate, seed: attention dropout (training only) on the within-region probabilities and on the
         direct part of the joint probabilities, as TF's fixed and row-major code; one rule for every variant
         (the released mixture has none, JAX logsparse only inside regions).
@@ -83,7 +85,7 @@ def combiner_attention(q, k, v, *, variant, segment_length=None, causal=True, sc
     and cut the output (exact: no earlier position can see the padding). Bidirectional ones raise ValueError
     for such a length (a partial segment would need its own abstraction rules); pad and mask the input
     instead. A dynamic length works for these three (a bidirectional one must then be a multiple at run time,
-    or the reshape fails). Logsparse takes any static length.
+    or the reshape fails). Logsparse takes any static length, and a dynamic one up to `max_length`.
 
     Returns:
       [batch, heads, length, value_dim] in v's dtype. With row_summary proj / wsum_proj the region keys depend
@@ -93,6 +95,8 @@ def combiner_attention(q, k, v, *, variant, segment_length=None, causal=True, sc
     checks.check_qkv(q, k, v)
     checks.check_self_attention(q, k)
     key_dim, length = q.shape[-1], q.shape[2]
+    if max_length is not None:
+        checks.check_positive_int("max_length", max_length)
     if variant == "fixed" and local_summary.startswith("deepset"):
         _check_pooling_kernel("query_pooling_kernel", query_pooling_kernel, key_dim)
         _check_pooling_kernel("key_pooling_kernel", key_pooling_kernel, key_dim)
@@ -104,10 +108,7 @@ def combiner_attention(q, k, v, *, variant, segment_length=None, causal=True, sc
     q = q * ops.cast(scale, q.dtype)
     options = dict(causal=causal, dropout_rate=dropout_rate, seed=seed)
     if variant == "logsparse":
-        if length is None:
-            raise ValueError("variant 'logsparse' needs a static sequence length (its number of levels "
-                             "depends on it).")
-        return logsparse_attention(q, k, v, **options)
+        return logsparse_attention(q, k, v, max_length=max_length, **options)
 
     checks.check_positive_int("segment_length", segment_length)
     if not causal and length is not None and length % segment_length:
@@ -151,8 +152,8 @@ class CombinerAttention(SelfAttention):
 
     Args:
       num_heads, key_dim, value_dim: heads and per-head widths.
-      variant, segment_length, local_summary, row_summary: see `combiner_attention`. Options a variant does
-        not use are ignored (they are still validated).
+      variant, segment_length, local_summary, row_summary, max_length: see `combiner_attention`. Options a
+        variant does not use are ignored (they are still validated).
       causal: autoregressive attention (logsparse is causal only).
       use_bias: biases on the projections (TF release: True; JAX: False).
       dropout: attention dropout (see `combiner_attention`); projection_dropout: the dropout inside the row
@@ -164,14 +165,16 @@ class CombinerAttention(SelfAttention):
     def __init__(self, num_heads, key_dim, variant="fixed", segment_length=128, value_dim=None, causal=True,
                  local_summary="identity-max", row_summary="proj", use_bias=False, dropout=0.0,
                  projection_dropout=0.0, kernel_initializer="glorot_uniform", output_initializer=None,
-                 output_dim=None, seed=None, **kwargs):
+                 output_dim=None, max_length=None, seed=None, **kwargs):
         check_options(variant, causal, local_summary, row_summary)
         if variant != "logsparse":
             checks.check_positive_int("segment_length", segment_length)
+        if max_length is not None:
+            checks.check_positive_int("max_length", max_length)
         super().__init__(**dict(
             kwargs, num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, kernel="combiner",
             kernel_options=dict(variant=variant, segment_length=segment_length, local_summary=local_summary,
-                                row_summary=row_summary),
+                                row_summary=row_summary, max_length=max_length),
             causal=causal, use_bias=use_bias, max_relative_position=0, dropout=dropout,
             kernel_initializer=kernel_initializer, output_initializer=output_initializer, output_dim=output_dim,
             seed=seed))
@@ -179,6 +182,7 @@ class CombinerAttention(SelfAttention):
         self.segment_length = segment_length
         self.local_summary = local_summary
         self.row_summary = row_summary
+        self.max_length = max_length
         self.projection_dropout = projection_dropout
         self.uses_pooling_kernels = variant == "fixed" and local_summary.startswith("deepset")
         self.uses_row_projection = variant == "axial" and row_summary in ("proj", "wsum_proj")
@@ -268,5 +272,6 @@ class CombinerAttention(SelfAttention):
     def get_config(self):
         config = super().get_config()
         config.update(variant=self.variant, segment_length=self.segment_length, local_summary=self.local_summary,
-                      row_summary=self.row_summary, projection_dropout=self.projection_dropout)
+                      row_summary=self.row_summary, max_length=self.max_length,
+                      projection_dropout=self.projection_dropout)
         return config

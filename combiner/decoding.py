@@ -41,7 +41,7 @@ from keras import ops
 from combiner.axial import row_summaries
 from combiner.fixed import segment_summaries
 from combiner.joint import from_grid, to_grid
-from combiner.logsparse import block_summaries
+from combiner.logsparse import block_summaries, checked_length
 from combiner.summaries import inclusive_prefix_summaries, local_expectation, prefix_summaries
 from common import kv_cache
 from common.attention.decoding import attend_gathered, require_causal
@@ -95,10 +95,10 @@ def _complete_rows(x, segment_length):
 
 # Fixed.
 
-def _start_fixed(q, k, v, max_length, segment_length, local_summary, query_pooling_kernel, key_pooling_kernel):
+def _start_fixed(q, k, v, cache_length, segment_length, local_summary, query_pooling_kernel, key_pooling_kernel):
     keys, values = segment_summaries(*(_complete_rows(x, segment_length) for x in (q, k, v)), local_summary,
                                      query_pooling_kernel, key_pooling_kernel)
-    segments = (max_length + segment_length - 1) // segment_length
+    segments = (cache_length + segment_length - 1) // segment_length
     return {"region_keys": kv_cache.from_prompt(keys, segments),
             "region_values": kv_cache.from_prompt(values, segments)}
 
@@ -122,12 +122,19 @@ def _fixed_step(q, cache, position, segment_length, local_summary, query_pooling
 
 # Logsparse.
 
-def _start_logsparse(q, k, v, max_length):
+def _start_logsparse(q, k, v, cache_length, max_length):
+    """The block caches of a prompt; a prompt length known only at run time needs the layer's `max_length`
+    (levels up to its bit length; a level with no complete block adds nothing)."""
     length = q.shape[2]
     if length is None:
-        raise ValueError("variant 'logsparse' needs a static prompt length to build its block caches.")
+        if max_length is None:
+            raise ValueError("variant 'logsparse' needs a static prompt length or the layer's max_length to "
+                             "build its block caches.")
+        levels, length = max_length.bit_length(), checked_length(q, max_length)
+    else:
+        levels = length.bit_length()
     ends, keys, values = [], [], []
-    for level in range(length.bit_length()):
+    for level in range(levels):
         size = 2 ** level
         blocks = length // size
 
@@ -139,11 +146,11 @@ def _start_logsparse(q, k, v, max_length):
             key_bar, value_bar = k[:, :, ::2], v[:, :, ::2]
         else:
             key_bar, value_bar = block_summaries(even_blocks(q), even_blocks(k), even_blocks(v))
-        ends.extend((j + 1) * size - 1 for j in range(0, blocks, 2))
+        ends.append((ops.arange(0, blocks, 2) + 1) * size - 1)
         keys.append(key_bar)
         values.append(value_bar)
-    order = np.argsort(ends)  # every prompt position ends exactly one of these blocks
-    return {name: kv_cache.from_prompt(ops.take(ops.concatenate(parts, axis=2), order, axis=2), max_length)
+    order = ops.argsort(ops.concatenate(ends, axis=0))  # every prompt position ends exactly one of these blocks
+    return {name: kv_cache.from_prompt(ops.take(ops.concatenate(parts, axis=2), order, axis=2), cache_length)
             for name, parts in (("block_keys", keys), ("block_values", values))}
 
 
@@ -163,17 +170,17 @@ def _logsparse_step(q, k, v, cache, position):
 
 # Axial.
 
-def _start_axial(x, q, k, v, max_length, segment_length, row_summary, row_projection):
+def _start_axial(x, q, k, v, cache_length, segment_length, row_summary, row_projection):
     grids = [_complete_rows(y, segment_length) for y in (q, k, v)]
     projection = None
     if row_projection is not None:
         projection = row_projection(x[:, :ops.shape(grids[0])[2] * segment_length])
     _, summaries, region_keys = row_summaries(*grids, row_summary, projection)
-    cache = {"region_values": kv_cache.from_prompt(from_grid(summaries), max_length)}
+    cache = {"region_values": kv_cache.from_prompt(from_grid(summaries), cache_length)}
     if row_summary != "none":
-        cache["region_keys"] = kv_cache.from_prompt(from_grid(region_keys), max_length)
+        cache["region_keys"] = kv_cache.from_prompt(from_grid(region_keys), cache_length)
     if row_projection is not None:
-        cache["inputs"] = kv_cache.from_prompt(x[:, None], max_length)
+        cache["inputs"] = kv_cache.from_prompt(x[:, None], cache_length)
     return cache
 
 
@@ -205,7 +212,7 @@ def _transposed(x):
     return ops.transpose(x, (0, 1, 3, 2, 4))
 
 
-def _start_mixture(q, k, v, max_length, segment_length):
+def _start_mixture(q, k, v, cache_length, segment_length):
     length = ops.shape(q)[2]
     padding = (-length) % segment_length
     qg, kg, vg = (to_grid(ops.pad(x, [[0, 0], [0, 0], [0, padding], [0, 0]]), segment_length) for x in (q, k, v))
@@ -214,9 +221,9 @@ def _start_mixture(q, k, v, max_length, segment_length):
     complete = (_transposed(_complete_rows(x, segment_length)) for x in (q, k, v))
     right_keys, right_values = prefix_summaries(*complete, reverse=True)  # columns > c of a complete row
     parts = dict(column_keys=column_keys, column_values=column_values, row_keys=row_keys, row_values=row_values)
-    cache = {name: kv_cache.from_prompt(from_grid(x)[:, :, :length], max_length) for name, x in parts.items()}
-    cache.update(right_keys=kv_cache.from_prompt(from_grid(_transposed(right_keys)), max_length),
-                 right_values=kv_cache.from_prompt(from_grid(_transposed(right_values)), max_length))
+    cache = {name: kv_cache.from_prompt(from_grid(x)[:, :, :length], cache_length) for name, x in parts.items()}
+    cache.update(right_keys=kv_cache.from_prompt(from_grid(_transposed(right_keys)), cache_length),
+                 right_values=kv_cache.from_prompt(from_grid(_transposed(right_values)), cache_length))
     return cache
 
 
@@ -258,31 +265,32 @@ def _mixture_step(q, cache, position, segment_length):
     return out, tf.cond(column == segment_length - 1, summarise, lambda: cache)
 
 
-def start(x, q, k, v, max_length, *, variant, segment_length=None, causal=True, scale=None,
+def start(x, q, k, v, cache_length, *, variant, segment_length=None, causal=True, scale=None,
           local_summary="identity-max", query_pooling_kernel=None, key_pooling_kernel=None, row_summary="none",
-          row_projection=None, **unused_training_options):
-    """The decoding cache of a prompt, for positions up to `max_length` - 1.
+          row_projection=None, max_length=None, **unused_training_options):
+    """The decoding cache of a prompt, for positions up to `cache_length` - 1 (the generation's maximum length).
 
     Args:
       x: the layer's input [batch, n, dim] (the row projection reads it); q, k, v: [batch, heads, n, dim].
       variant, segment_length, causal, scale, local_summary, query_pooling_kernel, key_pooling_kernel,
-        row_summary: as in `combiner_attention`; ValueError unless causal.
+        row_summary, max_length: as in `combiner_attention`; ValueError unless causal.
       row_projection: for row_summary "proj" / "wsum_proj", a function of the rows' inputs x [b, l, dim]
         returning the function from summaries to region keys (`CombinerAttention.row_projection`).
     """
     require_causal(causal, f"Combiner-{variant}")
     q = _scaled(q, scale)
-    cache = {name: kv_cache.from_prompt(y, max_length) for name, y in (("queries", q), ("keys", k), ("values", v))}
+    cache = {name: kv_cache.from_prompt(y, cache_length)
+             for name, y in (("queries", q), ("keys", k), ("values", v))}
     if variant == "fixed":
-        cache.update(_start_fixed(q, k, v, max_length, segment_length, local_summary, query_pooling_kernel,
+        cache.update(_start_fixed(q, k, v, cache_length, segment_length, local_summary, query_pooling_kernel,
                                   key_pooling_kernel))
     elif variant == "logsparse":
-        cache.update(_start_logsparse(q, k, v, max_length))
+        cache.update(_start_logsparse(q, k, v, cache_length, max_length))
     elif variant == "axial":
-        cache.update(_start_axial(x, q, k, v, max_length, segment_length, row_summary,
+        cache.update(_start_axial(x, q, k, v, cache_length, segment_length, row_summary,
                                   row_projection if row_summary in ("proj", "wsum_proj") else None))
     else:
-        cache.update(_start_mixture(q, k, v, max_length, segment_length))
+        cache.update(_start_mixture(q, k, v, cache_length, segment_length))
     return cache
 
 

@@ -10,8 +10,14 @@ summaries per level; cost O(L log L).
 Number of levels: bit_length(L - 1), the fewest that reach position 0 from every position. The JAX release uses
 ceil(log2(L - 1)), one short when L - 1 is a power of two (there, with L = 9, position 8 sees only itself; with
 L = 2 position 1 never sees 0), which breaks full attention; this follows the paper.
+
+A length known only at run time (a serving signature) needs a bound `max_length`: the kernel then runs the
+levels of `max_length` with block counts computed from the run-time length. A level with 2^l >= length is a
+no-op (no position below 2^l has bit l set: its logits are masked, its one block has no predecessor), so the
+output is the static one. A longer run-time length fails a TensorFlow check (`checked_length`).
 """
 
+import tensorflow as tf
 from keras import ops
 
 from combiner.cummax import shift
@@ -24,6 +30,15 @@ def num_levels(length):
     return max(length - 1, 0).bit_length()
 
 
+def checked_length(x, max_length):
+    """The run-time length of x [batch, heads, length, dim], checked to be at most `max_length`."""
+    length = tf.shape(x)[2]
+    check = tf.debugging.assert_less_equal(
+        length, max_length, message=f"Combiner-Logsparse got a sequence longer than its max_length {max_length}")
+    with tf.control_dependencies([check]):
+        return tf.identity(length)
+
+
 def block_summaries(qb, kb, vb, dropout_rate=0.0, seed=None):
     """The abstraction of each block of [batch, heads, blocks, size, dim]: key = max of its keys, value = its
     local expectation under the max of its queries. Returns ([b, h, blocks, key_dim], [b, h, blocks, value_dim]).
@@ -31,8 +46,9 @@ def block_summaries(qb, kb, vb, dropout_rate=0.0, seed=None):
     return ops.max(kb, axis=3), local_expectation(ops.max(qb, axis=3), kb, vb, None, dropout_rate, seed)
 
 
-def logsparse_attention(q, k, v, *, causal=True, dropout_rate=0.0, seed=None):
-    """Combiner-Logsparse on pre-scaled queries of a static length (any length: blocks are padded inside).
+def logsparse_attention(q, k, v, *, causal=True, max_length=None, dropout_rate=0.0, seed=None):
+    """Combiner-Logsparse on pre-scaled queries of any length (blocks are padded inside); a length known only at
+    run time needs `max_length`, the longest it may be (checked when run).
 
     Called by `combiner.attention.combiner_attention`, which checks and scales.
     """
@@ -40,10 +56,17 @@ def logsparse_attention(q, k, v, *, causal=True, dropout_rate=0.0, seed=None):
         raise ValueError("variant 'logsparse' is causal only: the paper defers its bidirectional form to an "
                          "appendix that was not released; use 'fixed', 'axial' or 'mixture' with causal=False.")
     batch, heads, length = ops.shape(q)[0], ops.shape(q)[1], q.shape[2]
+    if length is None:
+        if max_length is None:
+            raise ValueError("variant 'logsparse' needs a static sequence length or max_length, the longest "
+                             "length it will be called with (its number of levels depends on it).")
+        levels, length = num_levels(max_length), checked_length(q, max_length)
+    else:
+        levels = num_levels(length)
     positions = ops.arange(length)
     parts = [(ops.sum(q * k, axis=-1, keepdims=True), None)]  # the direct self logit
     region_values = []
-    for level in range(num_levels(length)):
+    for level in range(levels):
         size = 2 ** level
         blocks = -(-length // size)
 

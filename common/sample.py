@@ -145,7 +145,8 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, top_p=
 def incremental_logits(model, token_ids, prompt_length):
     """Logits [batch, length - prompt_length, vocabulary] of positions prompt_length .. length - 1 of
     token_ids [batch, length], computed as `generate` computes them (one cached step each, the true tokens fed
-    back): they equal a full pass's logits for causal models. Call it inside a `tf.function`."""
+    back): they equal a full pass's logits for causal models. prompt_length: an int or a scalar int32 tensor.
+    Call it inside a `tf.function`."""
     token_ids = tf.convert_to_tensor(token_ids, tf.int32)
     length = tf.shape(token_ids)[1]
     _, caches = model.prefill(token_ids[:, :prompt_length], length)
@@ -156,7 +157,7 @@ def incremental_logits(model, token_ids, prompt_length):
         return position + 1, caches, out.write(position - prompt_length, logits)
 
     _, _, out = tf.while_loop(lambda position, *_: position < length, body,
-                              (tf.constant(prompt_length, tf.int32), caches, out))
+                              (tf.convert_to_tensor(prompt_length, tf.int32), caches, out))
     return tf.transpose(out.stack(), [1, 0, 2])
 
 

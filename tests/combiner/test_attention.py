@@ -291,6 +291,37 @@ def test_dynamic_length_signature(variant, causal, jit):
     assert run.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "jit"])
+def test_logsparse_dynamic_length_equals_the_static_call(jit):
+    """With max_length, logsparse traces once for any batch and length up to it: it runs the levels of
+    max_length, and those with 2^level >= length change nothing: outputs are the static call's bit for bit
+    outside XLA; gradients to float32 rounding (a traced gradient sums its parts in another order: the static
+    length traced differs from eager as much)."""
+    max_length = 17  # 5 levels: length 1 runs 5 no-op levels, length 17 none
+    signature = [tf.TensorSpec([None, HEADS, None, KEY_DIM], tf.float32)] * 2 + [
+        tf.TensorSpec([None, HEADS, None, VALUE_DIM], tf.float32)] * 2
+
+    def attend_and_differentiate(q, k, v, upstream, **options):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            out = combiner_attention(q, k, v, variant="logsparse", **options)
+        return out, tape.gradient(out, [q, k, v], upstream)
+
+    run = tf.function(lambda *x: attend_and_differentiate(*x, max_length=max_length), input_signature=signature,
+                      jit_compile=jit)
+    for batch, length in ((1, 1), (2, 2), (1, 5), (2, 8), (1, 9), (2, 17)):
+        q, k, v, upstream = (tf.constant(x) for x in _inputs(length, length, batch=batch)
+                             + _inputs(length + 1, length, batch=batch, key_dim=VALUE_DIM)[2:])
+        (got, got_grads), (want, want_grads) = run(q, k, v, upstream), attend_and_differentiate(q, k, v, upstream)
+        if jit:
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6, err_msg=f"length {length}")
+        else:
+            np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=f"length {length}")
+        for a, b in zip(got_grads, want_grads):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6, err_msg=f"length {length}")
+    assert run.experimental_get_tracing_count() == 1
+
+
 # --- cost ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant,causal", FORMS, ids=FORM_IDS)

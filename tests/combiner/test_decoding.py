@@ -63,6 +63,20 @@ def test_incremental_logits_equal_the_full_pass(use_bias, attention, prompt):
     np.testing.assert_allclose(incremental, full[:, prompt:], rtol=0, atol=1e-4)
 
 
+def test_logsparse_decodes_from_a_prompt_of_run_time_length():
+    """A prompt whose length is known only at run time (a serving signature): the model's max_length bounds the
+    levels of the prompt's pass and of its block caches; one trace serves every prompt length."""
+    model = _model(True, variant="logsparse")
+    ids = np.random.default_rng(0).integers(0, VOCAB, (2, LENGTH)).astype(np.int32)
+    full = np.asarray(model(ids))
+    run = tf.function(lambda ids, prompt: sample.incremental_logits(model, ids, prompt),
+                      input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)])
+    for prompt in (1, 2, 5, 8, 9, 17):
+        np.testing.assert_allclose(run(ids, prompt).numpy(), full[:, prompt:], rtol=0, atol=1e-4,
+                                   err_msg=f"prompt {prompt}")
+    assert run.experimental_get_tracing_count() == 1
+
+
 # A prompt of 11 tokens, then the steps at 11 (completing segment/row 2) and 12 (first of row 3), m = 4. Every
 # variant needs the prompt positions of the own segment, 8 .. 10 (its direct part, and the summaries of the
 # segment it completes); axial with row_summary "none" also the keys at the query's column (its region keys),

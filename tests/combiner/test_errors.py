@@ -68,11 +68,18 @@ def test_contract_shapes(shapes, match):
         combiner_attention(q, tf.zeros((1, 2, 8, 4)), tf.zeros((1, 2, 8, 3)), variant="fixed", segment_length=4)
 
 
-def test_logsparse_needs_a_static_length():
+def test_logsparse_needs_a_static_length_or_max_length():
     spec = tf.TensorSpec([1, 2, None, 4], tf.float32)
-    with pytest.raises(ValueError, match=r"logsparse' needs a static sequence length"):
+    with pytest.raises(ValueError, match=r"logsparse' needs a static sequence length or max_length"):
         tf.function(lambda q, k, v: combiner_attention(q, k, v, variant="logsparse")).get_concrete_function(
             spec, spec, spec)
+    bounded = tf.function(lambda q, k, v: combiner_attention(q, k, v, variant="logsparse", max_length=16),
+                          input_signature=[spec] * 3)
+    assert bounded(*[tf.zeros((1, 2, 16, 4))] * 3).shape == (1, 2, 16, 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"longer than its max_length 16"):
+        bounded(*[tf.zeros((1, 2, 17, 4))] * 3)
+    with pytest.raises(ValueError, match=r"max_length must be an integer >= 1; got 0"):
+        combiner_attention(*[tf.zeros((1, 2, 4, 4))] * 3, variant="logsparse", max_length=0)
 
 
 def test_registered_kernel():
@@ -85,6 +92,7 @@ def test_registered_kernel():
     (dict(row_summary="max"), r"unknown row_summary"),
     (dict(local_summary="deepset"), r"unknown local_summary"),
     (dict(segment_length=-4), r"segment_length"),
+    (dict(variant="logsparse", max_length=2.5), r"max_length"),
     (dict(num_heads=0), r"num_heads"),
 ])
 def test_layer_bad_arguments(kwargs, match):

@@ -21,7 +21,7 @@ def _x(seed=0, length=LENGTH):
 @pytest.mark.parametrize("options", [
     dict(variant="fixed", local_summary="deepset-max"),
     dict(variant="fixed", causal=False, use_bias=True),
-    dict(variant="logsparse", dropout=0.1),
+    dict(variant="logsparse", dropout=0.1, max_length=LENGTH),
     dict(variant="axial", row_summary="proj", use_bias=True, projection_dropout=0.1),
     dict(variant="axial", row_summary="wsum_proj", causal=False, value_dim=3),
     dict(variant="mixture"),
@@ -87,6 +87,18 @@ def test_bidirectional_layer_in_an_encoder():
     changed = x.copy()
     changed[:, -1] += 1.0
     assert np.abs(np.asarray(encoder(changed))[:, 0] - np.asarray(encoder(x))[:, 0]).max() > 1e-4
+
+
+def test_logsparse_layer_at_a_run_time_length():
+    """With max_length, a logsparse layer traced for any batch and length up to it equals its static calls."""
+    layer = CombinerAttention(**dict(BASE, variant="logsparse", max_length=LENGTH, use_bias=True))
+    layer(_x())
+    run = tf.function(layer, input_signature=[tf.TensorSpec([None, None, DIM], tf.float32)])
+    for length in (1, 2, 5, 8, 9, 16):
+        x = _x(length, length)
+        np.testing.assert_array_equal(run(x).numpy(), np.asarray(layer(x)), err_msg=f"length {length}")
+    assert run.experimental_get_tracing_count() == 1
+    assert CombinerAttention.from_config(layer.get_config()).max_length == LENGTH
 
 
 def test_config():

@@ -152,7 +152,8 @@ def _family_model(name):
                                attention_schedule="local|strided", stride=4, summary=1, max_length=MAX_LENGTH)
 
 
-@pytest.mark.parametrize("name", ["combiner_fixed", "combiner_axial", "combiner_mixture", "sparse_strided"])
+@pytest.mark.parametrize("name", ["combiner_fixed", "combiner_logsparse", "combiner_axial", "combiner_mixture",
+                                  "sparse_strided"])
 def test_every_family_serves_logits_and_generation_at_any_batch_size(name, tmp_path):
     """The caches of each family's decoder are built for a batch size known only when serving."""
     keras.utils.set_random_seed(1)
