@@ -37,7 +37,8 @@ class CombinerLM(DecoderLM):
       qk_ratio: query/key width / value width (0.5: the half-size queries and keys of Child et al.'s CIFAR-10
         model, as `SparseTransformerLM.qk_ratio`).
       ffn_dim: feed-forward width; default 4 x hidden_dim.
-      max_length: rows of the learned position table (the released `max_seq_len`).
+      max_length: rows of the learned position table (the released `max_seq_len`); also the attention's
+        bound on lengths known only at run time (logsparse's levels).
       variant, segment_length, local_summary, row_summary: the attention (see `combiner_attention`).
       embedding_dim: token embedding width, default hidden_dim (dense maps on both sides when it differs).
       tie_embeddings: output logits = h E^T + bias (the release's `inner_prod`); False for a separate head.
@@ -75,7 +76,7 @@ class CombinerLM(DecoderLM):
             CombinerAttention(num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, variant=variant,
                               segment_length=segment_length, causal=True, local_summary=local_summary,
                               row_summary=row_summary, use_bias=True, dropout=attention_dropout,
-                              projection_dropout=dropout, kernel_initializer=initializer,
+                              projection_dropout=dropout, kernel_initializer=initializer, max_length=max_length,
                               seed=None if seed is None else seed + i, dtype=kwargs.get("dtype"))
             for i in range(num_layers)]
         super().__init__(
