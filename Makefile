@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_VENV := .venv-torch
 TORCH_STAMP := $(TORCH_VENV)/.installed
 
-.PHONY: install test test-fast demo bench-setup bench-attention bench-routing bench-maps clean
+.PHONY: install test test-fast demo bench-setup bench-attention bench-routing bench-families bench-maps clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ $(TORCH_STAMP):
 
 bench-routing: bench-setup
 	$(PY) -m benchmarks.routing
+
+# A whole training step of each family against Keras MultiHeadAttention and the PyTorch peer, jit on and off.
+bench-families: bench-setup
+	$(PY) -m benchmarks.families
 
 bench-attention: install
 	$(PY) -m benchmarks.attention
