@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 TORCH_VENV := .venv-torch
 TORCH_STAMP := $(TORCH_VENV)/.installed
 
-.PHONY: install test test-fast demo bench-setup bench-attention bench-routing bench-families bench-maps clean
+.PHONY: install test test-fast demo bench bench-setup bench-attention bench-routing bench-families bench-quality \
+	bench-maps bench-report clean
 
 install: $(STAMP)
 
@@ -34,6 +35,24 @@ $(TORCH_STAMP):
 	$(TORCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(TORCH_VENV)/bin/python -m pip install --quiet "torch==2.13.0+cpu" "routing-transformer==1.6.1" numpy
 	touch $(TORCH_STAMP)
+
+# Every benchmark, then benchmarks/results/REPORT.md, its plots and the README's summary (hours on 2 CPU cores).
+bench: bench-setup
+	$(PY) -m benchmarks.attention
+	$(PY) -m benchmarks.attention --jit
+	$(PY) -m benchmarks.families
+	$(PY) -m benchmarks.quality
+	$(PY) -m benchmarks.decoding
+	$(PY) -m benchmarks.attention_maps
+	$(PY) -m benchmarks.report
+
+# Rewrites the report, its plots and the README's summary from the results already measured.
+bench-report: install
+	$(PY) -m benchmarks.report
+
+# Each family and dense attention trained for the same wall-clock budget at 4k context, against xz -9.
+bench-quality: install
+	$(PY) -m benchmarks.quality
 
 bench-routing: bench-setup
 	$(PY) -m benchmarks.routing

@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python -m benchmarks.attention                          # every kernel of KERNELS, lengths 1k..16k
+    python -m benchmarks.attention                          # every kernel of KERNELS, lengths 1k..64k
     python -m benchmarks.attention --lengths=1024,2048 --kernels=local --repeats=3 --jit
 
 The step is the gradient of sum(out) with respect to q, k and v, inside a tf.function (XLA with --jit), at
@@ -44,7 +44,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import psutil
 
 BATCH, HEADS, HEAD_DIM = 1, 8, 64  # HEADS is the default of --heads
-DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384)
+DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 BASELINE = "dense"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
@@ -72,10 +72,27 @@ def dense_memory_bytes(length, heads):
     return 4 * BATCH * heads * length * length * 4
 
 
+def routing_with_random_centroids(q, k, v, *, causal, window, routing):
+    """Routing attention with shared queries/keys and length / window unit-norm random centroids (as a freshly
+    initialised routing layer has): the kernel alone, without a layer to own centroids."""
+    import tensorflow as tf
+
+    from routing_transformer.attention import routing_attention
+
+    del k  # the original's shared queries and keys
+    heads, length, dim = q.shape[1], q.shape[2], q.shape[3]
+    centroids = tf.math.l2_normalize(tf.random.stateless_normal([heads, max(1, length // window), dim], seed=(7, 0)),
+                                     axis=-1)
+    return routing_attention(q, None, v, centroids=centroids, window=window, causal=causal, routing=routing)[0]
+
+
 KERNELS = {
     "dense": Kernel("dense", {}, dense_memory_bytes),
     "local": Kernel("local", {"block_size": 256, "look_back": 1}),  # the Routing Transformer's local heads
-    # Families add theirs, e.g. "routing": Kernel("routing_transformer.attention:routing", {...}),
+    # Every head routed, window 256 (clusters = length / 256): the original's balanced top-k clusters and the
+    # strictly causal assignment.
+    "routing_balanced": Kernel(routing_with_random_centroids, {"window": 256, "routing": "balanced"}),
+    "routing_causal": Kernel(routing_with_random_centroids, {"window": 256, "routing": "causal"}),
     "combiner_fixed": Kernel("combiner.attention:combiner", {"variant": "fixed", "segment_length": 128}),
     "combiner_logsparse": Kernel("combiner.attention:combiner", {"variant": "logsparse"}),
     "combiner_axial": Kernel("combiner.attention:combiner", {"variant": "axial", "segment_length": 128}),

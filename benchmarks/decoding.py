@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.attention import RESULTS_DIR, machine  # noqa: E402
+from benchmarks.attention import RESULTS_DIR, machine, write_atomically  # noqa: E402
 
 DIM, HEADS, LAYERS, FFN, VOCAB = 512, 8, 2, 2048, 256
 TARGET, TARGET_PREFIX, TARGET_KERNELS = 20.0, 16384, ("local", "strided", "fixed")
@@ -108,13 +108,17 @@ def report(records, args, wall_s):
                           f"tokens of prefix = {own[-1]['cached_s'] / own[0]['cached_s']:.2f}")
     return "\n".join([
         "# Generation speed: cached decoding vs re-running the full model", "",
-        f"Machine: {machine()}.", f"Command: `python -m benchmarks.decoding --kernels={args.kernels} "
-        f"--prefixes={args.prefixes} --new_tokens={args.new_tokens} --repeats={args.repeats}` "
-        f"({wall_s / 60:.1f} min).", "",
+        f"Machine: {machine()}.", f"Command: `{command(args)}` ({wall_s / 60:.1f} min).", "",
         f"Model: {LAYERS} layers, d={DIM}, {HEADS} heads of {DIM // HEADS}, FFN {FFN}, vocabulary {VOCAB}, "
         "float32, batch 1, greedy; local = blocks of 256 with one block of look-back; strided = "
         "`local|strided` (half the heads each), stride 128; fixed = `fixed`, stride 128, summary 8.", "",
         *rows, "", "Targets:", *checks, "", "Growth of the cached step with the prefix:", *growth, ""])
+
+
+def command(args):
+    """The command line that reproduces this run."""
+    return (f"python -m benchmarks.decoding --kernels={args.kernels} --prefixes={args.prefixes} "
+            f"--new_tokens={args.new_tokens} --repeats={args.repeats}")
 
 
 def main():
@@ -134,12 +138,12 @@ def main():
                 continue
             records.append(measure(name, prefix, args.new_tokens, args.repeats))
             print(json.dumps(records[-1]), flush=True)
-    text = report(records, args, time.perf_counter() - start)
+    wall_s = time.perf_counter() - start
+    text = report(records, args, wall_s)
     print(text)
-    with open(args.output + ".md", "w") as f:
-        f.write(text)
-    with open(args.output + ".json", "w") as f:
-        json.dump(records, f, indent=1)
+    raw = {"machine": machine(), "command": command(args), "wall_s": wall_s, "records": records}
+    write_atomically(args.output + ".md", text)
+    write_atomically(args.output + ".json", json.dumps(raw, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """A whole training step of each family against dense attention and the PyTorch `routing-transformer` package.
 
     make bench-families
-    python -m benchmarks.families [--lengths=1024,4096,16384] [--jit=both|on|off]
+    python -m benchmarks.families [--lengths=1024,4096,8192,16384] [--jit=both|on|off]
 
 Configuration: 2 layers, d=512, 8 heads of 64, feed-forward 2048, byte vocabulary, causal, batch 1.
 - routing: `RoutingTransformerLM` as benchmarks/routing.py builds it (4 local + 4 routing heads, window and
@@ -36,7 +36,7 @@ from benchmarks import routing
 
 CONFIGS = ("dense", "routing", "sparse", "combiner", "pytorch")
 TF_CONFIGS = CONFIGS[:-1]
-DEFAULT_LENGTHS = (1024, 4096, 16384)
+DEFAULT_LENGTHS = (1024, 4096, 8192, 16384)
 HIDDEN, HEADS, HEAD_DIM, LAYERS, FFN, VOCAB = 512, 8, 64, 2, 2048, 256
 WINDOW, STRIDE, SUMMARY, SEGMENT = 256, 128, 32, 128
 PEAK_SIZE = 2048
@@ -248,12 +248,18 @@ def main(argv=None):
             records.append(record)
             print(f"{config} {length} jit={jit}: {record.get('time_ms', record['status'])}", file=sys.stderr,
                   flush=True)
-    text = report(records, peak, args, time.time() - start)
+    wall_s = time.time() - start
+    text = report(records, peak, args, wall_s)
     print(text)
     stem = os.path.join(harness.RESULTS_DIR, "families")
     os.makedirs(harness.RESULTS_DIR, exist_ok=True)
+    raw = {"machine": harness.machine(), "command": "python -m benchmarks.families " + " ".join(sys.argv[1:]),
+           "date": datetime.datetime.now().isoformat(timespec="seconds"), "wall_s": wall_s,
+           "settings": {"hidden": HIDDEN, "heads": HEADS, "layers": LAYERS, "ffn": FFN, "vocabulary": VOCAB,
+                        "batch": 1, "repeats": args.repeats},
+           "peak": peak, "records": records}
+    harness.write_atomically(stem + ".json", json.dumps(raw, indent=2) + "\n")
     harness.write_atomically(stem + ".md", text)
-    harness.write_atomically(stem + ".json", json.dumps({"peak": peak, "records": records}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

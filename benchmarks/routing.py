@@ -39,8 +39,9 @@ def memory_estimate(config, length):
     return layers * harness.dense_memory_bytes(length, HEADS) if config.startswith("dense") else 0
 
 
-def build(config, length, window):
-    """(a Keras layer or model, its input, the loss of its output) for one configuration."""
+def build(config, length, window, assignment="balanced"):
+    """(a Keras layer or model, its input, the loss of its output) for one configuration; `assignment` is the
+    routing layers' rule ("balanced", the original's, or "causal")."""
     import keras
     import tensorflow as tf
 
@@ -49,7 +50,8 @@ def build(config, length, window):
     from common.models import DecoderLM
     from routing_transformer import RoutingAttention, RoutingTransformerLM
 
-    routing = dict(num_clusters=length // window, window=window, block_size=window, max_relative_position=window)
+    routing = dict(num_clusters=length // window, window=window, block_size=window, max_relative_position=window,
+                   routing=assignment)
     if config == "dense_layer":
         layer = SelfAttention(num_heads=HEADS, key_dim=HEAD_DIM, kernel="dense")
     elif config == "routing_layer":

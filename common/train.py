@@ -81,6 +81,9 @@ class Experiment:
       metrics).
     batch_size: the global batch; under a strategy, a multiple of the number of replicas.
     jit_compile: XLA-compile the training and evaluation steps; on one replica only (see `step_function`).
+    train_seconds: also stop (with a checkpoint) once this run has trained this many seconds of wall-clock time,
+      tracing and compilation included; for comparisons at an equal time budget (benchmarks.quality). A resumed
+      run gets the budget anew. None: train_steps only.
     """
 
     model: Optional[Callable] = None
@@ -101,6 +104,7 @@ class Experiment:
     seed: int = 0
     data_dir: Optional[str] = None
     data_options: dict = dataclasses.field(default_factory=dict)
+    train_seconds: Optional[float] = None
 
 
 def parse_config(gin_files, gin_params):
@@ -338,8 +342,8 @@ def summary_writer(strategy, directory):
 
 
 def train(experiment, model_dir, strategy=None):
-    """Trains to `experiment.train_steps` under `strategy` (default: one device), resuming from the latest
-    checkpoint in model_dir."""
+    """Trains to `experiment.train_steps` (or for `experiment.train_seconds`) under `strategy` (default: one
+    device), resuming from the latest checkpoint in model_dir."""
     strategy = strategy or tf.distribute.get_strategy()
     check_replicas(experiment, strategy)
     with strategy.scope():
@@ -357,16 +361,21 @@ def train(experiment, model_dir, strategy=None):
     writer = summary_writer(strategy, os.path.join(model_dir, "train"))
     start_step, start_time = int(step.numpy()), time.time()
     window_tokens, window_time = 0.0, time.time()
-    while int(step.numpy()) < experiment.train_steps:
+    out_of_time = False
+    while int(step.numpy()) < experiment.train_steps and not out_of_time:
         metrics = train_step(next(iterator))
         step.assign_add(1)
         current = int(step.numpy())
         window_tokens += experiment.batch_size * experiment.sequence_length
-        if current % experiment.log_every == 0 or current == experiment.train_steps:
+        out_of_time = bool(experiment.train_seconds) and time.time() - start_time >= experiment.train_seconds
+        last = current == experiment.train_steps or out_of_time
+        if current % experiment.log_every == 0 or last:
             elapsed = time.time() - window_time
             tokens_per_second = window_tokens / max(elapsed, 1e-9)
             done = current - start_step
             remaining = (time.time() - start_time) / max(done, 1) * (experiment.train_steps - current)
+            if experiment.train_seconds:
+                remaining = min(remaining, max(0.0, experiment.train_seconds - (time.time() - start_time)))
             bits = float(metrics["cross_entropy"]) / math.log(2.0)
             lr = learning_rate(current) if callable(learning_rate) else learning_rate
             print(f"step {current}/{experiment.train_steps}  loss {float(metrics['loss']):.4f}  "
@@ -380,11 +389,13 @@ def train(experiment, model_dir, strategy=None):
                 for name, value in routing_statistics(model).items():
                     tf.summary.scalar(name, value)
             window_tokens, window_time = 0.0, time.time()
-        if current % experiment.checkpoint_every == 0 or current == experiment.train_steps:
+        if current % experiment.checkpoint_every == 0 or last:
             save(checkpoint, manager, model_dir, current, strategy)
-        if experiment.eval_every and current % experiment.eval_every == 0 and current < experiment.train_steps:
+        if experiment.eval_every and current % experiment.eval_every == 0 and not last:
             results = evaluate_model(model, info, experiment, current, model_dir, strategy)
             print(f"step {current}  eval bits/token {results['bits_per_token']:.4f}", flush=True)
+    if out_of_time:
+        print(f"stopped at step {int(step.numpy())}: train_seconds = {experiment.train_seconds:g} spent", flush=True)
     writer.flush()
     return model
 

@@ -264,3 +264,14 @@ def test_eval_every_evaluates_during_training(corpus, clean_gin, tmp_path):
     scalars = read_scalars(str(tmp_path / "eval"))
     assert sorted(scalars["bits_per_token"]) == [2]  # every 2 steps, the last step left to --mode=eval
     assert 0.0 < scalars["bits_per_token"][2] < 16.0
+
+
+def test_train_seconds_stops_with_a_checkpoint_and_resume_gets_a_new_budget(corpus, tmp_path, capsys):
+    # A budget smaller than one step: each run trains exactly one step, checkpoints it and says why it stopped.
+    params = tiny_params(corpus, train_steps=100, checkpoint_every=50, train_seconds=1e-6)
+    train_in_process(params, str(tmp_path))
+    assert _checkpoint_names(str(tmp_path)) == ["ckpt-1"]
+    assert "stopped at step 1: train_seconds = 1e-06 spent" in capsys.readouterr().out
+    train_in_process(params, str(tmp_path))
+    assert _checkpoint_names(str(tmp_path)) == ["ckpt-1", "ckpt-2"]
+    assert "resumed from" in capsys.readouterr().out
