@@ -61,6 +61,7 @@ PLOT_CAPTIONS = {
 README_START, README_END = "<!-- benchmark-report:start -->", "<!-- benchmark-report:end -->"
 MARKERS = "osD^vPX*h<>p"
 DPI = 100
+CURVE_SMOOTHING = 8  # logged training steps averaged in the quality plot
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -610,6 +611,12 @@ def plot_families(data, key, ylabel, path, log_y):
     return save_figure(fig, path)
 
 
+def moving_average(values, window):
+    """Each value replaced by the mean of it and up to `window - 1` values before it: batch-1 losses are noisy."""
+    return [sum(values[max(0, i + 1 - window):i + 1]) / len(values[max(0, i + 1 - window):i + 1])
+            for i in range(len(values))]
+
+
 def plot_quality(data, path):
     """Training bits/byte against wall minutes per (config, jit), xz -9's line, the final held-out values."""
     records = [r for r in data["records"] if measured(r)]
@@ -618,7 +625,7 @@ def plot_quality(data, path):
     ax = axes[0]
     for r in records:
         style = dict(color=colour[r["config"]], linestyle="-" if r["jit"] else "--")
-        ax.plot([t / 60 for t, _ in r["curve"]], [b for _, b in r["curve"]],
+        ax.plot([t / 60 for t, _ in r["curve"]], moving_average([b for _, b in r["curve"]], CURVE_SMOOTHING),
                 label=f"{r['config']}, jit {jit_name(r['jit'])}", **style)
         ax.plot([r["train_wall_s"] / 60], [r["bits_per_byte"]], marker="o", markeredgecolor="black", **style)
     if data["xz_bits_per_byte"]:
@@ -628,7 +635,8 @@ def plot_quality(data, path):
     ax.set_ylabel("bits/byte")
     ax.grid(True, alpha=0.3)
     legend_outside(fig, axes)
-    ax.set_title("Training bits/byte at a fixed budget; circles: held-out bits/byte at the end", fontsize=10)
+    ax.set_title(f"Training bits/byte (mean of the last {CURVE_SMOOTHING} logged steps) at a fixed budget; "
+                 "circles: held-out bits/byte at the end", fontsize=9)
     return save_figure(fig, path)
 
 
@@ -705,34 +713,58 @@ def report(results, plots, results_dir):
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def headline_lengths(records):
+    """The README table's lengths: the longest where dense attention was measured, and the longest of all."""
+    dense = [r["length"] for r in records if r["config"] == "dense" and measured(r)]
+    return sorted({max(dense, default=max(lengths_of(records))), max(lengths_of(records))})
+
+
 def headline(results):
-    """The README's table: each config's training step at the longest length of families.json, both jit settings."""
+    """The README's table: each config's training step, both jit settings, at the `headline_lengths`."""
     data = results["families"]
     if not data:
         return [not_measured("families")]
     records = data["records"]
-    length = max(lengths_of(records))
+    lengths = headline_lengths(records)
     rows = []
-    for jit in jit_settings(records):
-        dense, peer = (family_record(records, c, length, jit) for c in ("dense", PEER))
-        for config in config_names(records):
-            record = family_record(records, config, length, jit)
-            if record and config != PEER:
-                rows.append([config, jit_name(jit), *family_cells(record, dense, peer, data.get("peak"))])
-    peer = family_record(records, PEER, length, None)
-    if peer:  # once, without a dense baseline: dense differs per jit setting
-        rows.append([PEER, "n/a", *family_cells(peer, None, peer, data.get("peak"))])
+    for length in lengths:
+        for jit in jit_settings(records):
+            dense, peer = (family_record(records, c, length, jit) for c in ("dense", PEER))
+            for config in config_names(records):
+                record = family_record(records, config, length, jit)
+                if record and config != PEER:
+                    rows.append([config, f"{length:,}", jit_name(jit),
+                                 *family_cells(record, dense, peer, data.get("peak"))])
+        peer = family_record(records, PEER, length, None)
+        if peer:  # once per length, without a dense baseline: dense differs per jit setting
+            rows.append([PEER, f"{length:,}", "n/a", *family_cells(peer, None, peer, data.get("peak"))])
     machine = f" on {data['machine']}" if data.get("machine") else ""
-    return [f"A whole training step of each family at {length:,} tokens{machine} "
-            f"(`{data.get('command') or COMMANDS['families']}`; speed vs X: X's time over this one's):", "",
-            *table(["config", "jit", *FAMILY_HEADER], rows, text_columns=2)]
+    return [f"A whole training step of each family at {' and '.join(f'{n:,}' for n in lengths)} tokens{machine} "
+            f"(`{(data.get('command') or COMMANDS['families']).strip()}`; speed vs X: X's time over this one's):",
+            "", *table(["config", "length", "jit", *FAMILY_HEADER], rows, text_columns=3)]
+
+
+def quality_headline(results):
+    """The README's quality lines: held-out bits/byte of each run after the same budget, next to xz -9."""
+    data = results["quality"]
+    if not data or not data.get("xz_bits_per_byte"):
+        return []
+    xz = data["xz_bits_per_byte"]
+    runs = sorted((r for r in data["records"] if measured(r)), key=lambda r: r["bits_per_byte"])
+    budget = data["settings"]["budget_s"]
+    return ["", f"Held-out bits/byte after {budget / 60:g} minutes of training each at "
+            f"{data['settings']['sequence_length']:,} tokens of context (`{data['command']}`); xz -9 on the same "
+            f"{data['held_out_bytes']:,} bytes: {xz:.3f}:", "",
+            *table(["config", "jit", "steps", "held-out bits/byte", "this/xz -9"],
+                   [[r["config"], jit_name(r["jit"]), f"{r['steps']:,}", f"{r['bits_per_byte']:.3f}",
+                     times(r["bits_per_byte"] / xz)] for r in runs], text_columns=2)]
 
 
 def readme_summary(results, plots, report_path, readme_dir):
     """The README's part between the markers: headline table, plots and a link to the whole report."""
     link = os.path.relpath(report_path, readme_dir)
     lines = [f"Measured results, regenerated from the raw JSON by `python -m benchmarks.report`; every table is in "
-             f"[{link}]({link}).", "", *headline(results), ""]
+             f"[{link}]({link}).", "", *headline(results), *quality_headline(results), ""]
     lines += [line for name, path in plots.items() for line in (image(path, PLOT_CAPTIONS[name], readme_dir), "")]
     return "\n".join(lines).rstrip("\n")
 

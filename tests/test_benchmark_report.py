@@ -183,7 +183,11 @@ def test_readme_summary_replaces_only_the_marked_part(synthetic):
     assert before == "# Zoo\n\nIntro text.\n\n" and after == "\n\nText after.\n"
     assert "old summary" not in summary
     assert "[results/REPORT.md](results/REPORT.md)" in summary
-    assert "| routing | off | 4,096 | 1,600 |" in summary  # the headline at 4k: 1 s per step of 4,096 tokens
+    # The headline at 4k (the longest length, dense measured there): 1 s per step of 4,096 tokens.
+    assert "| routing | 4,096 | off | 4,096 | 1,600 |" in summary and "| routing | 1,024 |" not in summary
+    # Quality: the measured runs best first against xz -9 (2.5 bits/byte); the timed-out run is left out.
+    assert "after 10 minutes of training each" in summary and "100,000 bytes: 2.500" in summary
+    assert "| dense | on | 1,200 | 2.000 | 0.80x |" in summary and "timeout" not in summary
     assert all(f"(results/plots/{name}.png)" in summary for name in PLOTS)
 
 
@@ -213,3 +217,7 @@ def test_reads_the_repository_results(tmp_path):
     for name in present:
         assert f"Not measured yet: run `{report.COMMANDS[name]}`." not in text
     assert len(os.listdir(os.path.join(results_dir, "plots"))) >= 1
+
+
+def test_moving_average_of_the_quality_curves():
+    assert report.moving_average([4.0, 2.0, 6.0, 0.0], 2) == [4.0, 3.0, 4.0, 3.0]
