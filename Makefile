@@ -28,12 +28,13 @@ test-fast: install
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" tests
 
 # The PyTorch peer (lucidrains' routing-transformer) lives in its own environment.
+# The CPU build of torch comes from the PyTorch index (or a local wheel mirror pip is configured with).
 bench-setup: install $(TORCH_STAMP)
 
 $(TORCH_STAMP):
 	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(TORCH_VENV)/bin/python -m pip install --quiet "torch==2.13.0+cpu" "routing-transformer==1.6.1" numpy
+	$(TORCH_VENV)/bin/python -m pip install --quiet --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0+cpu" "routing-transformer==1.6.1" numpy
 	touch $(TORCH_STAMP)
 
 # Every benchmark, then benchmarks/results/REPORT.md, its plots and the README's summary (hours on 2 CPU cores).
