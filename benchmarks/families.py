@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -117,24 +116,7 @@ def build(config, length):
 
 def measure(config, length, repeats, jit):
     """Times one configuration's step in this process (median after a warm-up) and its peak memory."""
-    import tensorflow as tf
-
-    model, ids, loss_of = build(config, length)
-    model.build(tuple(ids.shape))
-
-    def step(x):
-        with tf.GradientTape() as tape:
-            loss = loss_of(model(x, training=True))
-            loss += tf.add_n(model.losses) if model.losses else 0.0
-        return tape.gradient(loss, model.trainable_variables)
-
-    step = tf.function(step, jit_compile=jit)
-    baseline = harness.rss_bytes()
-    harness.reset_peak_rss()
-    harness.timed_call(step, ids)  # traces / compiles
-    times = [harness.timed_call(step, ids)[0] for _ in range(repeats)]
-    return {"time_ms": 1000 * statistics.median(times), "times_ms": [1000 * t for t in times],
-            "memory_mib": (harness.peak_rss_bytes() - baseline) / harness.MIB}
+    return routing.measure_step(*build(config, length), repeats, jit)
 
 
 def measure_peak(repeats):

@@ -72,11 +72,11 @@ def build(config, length, window, assignment="balanced"):
     return model, ids, lambda out: loss(ids, out)
 
 
-def measure(config, length, window, repeats, jit):
-    """Times the forward + backward step of one TF configuration in this process."""
+def measure_step(layer, inputs, loss_of, repeats, jit):
+    """Times the gradient step of `loss_of(layer(inputs))` (plus the layer's own losses) with respect to every
+    trainable weight in this process: median of `repeats` calls after a tracing call, and its peak memory."""
     import tensorflow as tf
 
-    layer, inputs, loss_of = build(config, length, window)
     layer.build(tuple(inputs.shape))  # build only: an eager call would fill the allocator before the baseline
 
     def step(x):
@@ -92,6 +92,11 @@ def measure(config, length, window, repeats, jit):
     times = [harness.timed_call(step, inputs)[0] for _ in range(repeats)]
     return {"time_ms": 1000 * statistics.median(times), "times_ms": [1000 * t for t in times],
             "memory_mib": (harness.peak_rss_bytes() - baseline) / harness.MIB}
+
+
+def measure(config, length, window, repeats, jit):
+    """Times the forward + backward step of one TF configuration in this process."""
+    return measure_step(*build(config, length, window), repeats, jit)
 
 
 def run_one(config, length, args):
