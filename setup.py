@@ -15,11 +15,13 @@ INSTALL_REQUIRES = [
     "numpy>=1.26,<3",
     # Trains the subword vocabularies of PG-19, Wiki-40B and wikitext-103 (tensorflow-text runs them).
     "sentencepiece==0.2.*",
+    # Draws every training run's learning curves (curves.png) and the benchmark plots.
+    "matplotlib>=3.8,<4",
 ]
 
 EXTRAS_REQUIRE = {
     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
-    "bench": ["matplotlib>=3.8,<4", "psutil>=5.9"],
+    "bench": ["psutil>=5.9"],
 }
 
 setuptools.setup(

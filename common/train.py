@@ -38,7 +38,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from common import data, distribute
+from common import curves, data, distribute
 from common.configurables import register_configurables
 from common.metrics import token_cross_entropy
 
@@ -360,6 +360,8 @@ def train(experiment, model_dir, strategy=None):
     train_step = make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile, strategy)
     writer = summary_writer(strategy, os.path.join(model_dir, "train"))
     start_step, start_time = int(step.numpy()), time.time()
+    clock_offset = curves.train_seconds_at(model_dir, start_step)  # a resumed run's clock goes on
+    evaluating_s = 0.0  # in-loop evaluation, left out of the training clock
     window_tokens, window_time = 0.0, time.time()
     out_of_time = False
     while int(step.numpy()) < experiment.train_steps and not out_of_time:
@@ -367,7 +369,8 @@ def train(experiment, model_dir, strategy=None):
         step.assign_add(1)
         current = int(step.numpy())
         window_tokens += experiment.batch_size * experiment.sequence_length
-        out_of_time = bool(experiment.train_seconds) and time.time() - start_time >= experiment.train_seconds
+        trained_s = time.time() - start_time - evaluating_s
+        out_of_time = bool(experiment.train_seconds) and trained_s >= experiment.train_seconds
         last = current == experiment.train_steps or out_of_time
         if current % experiment.log_every == 0 or last:
             elapsed = time.time() - window_time
@@ -386,17 +389,24 @@ def train(experiment, model_dir, strategy=None):
                 tf.summary.scalar("bits_per_token", bits)
                 tf.summary.scalar("learning_rate", float(lr))
                 tf.summary.scalar("tokens_per_second", tokens_per_second)
+                tf.summary.scalar("train_seconds", clock_offset + trained_s)
                 for name, value in routing_statistics(model).items():
                     tf.summary.scalar(name, value)
             window_tokens, window_time = 0.0, time.time()
         if current % experiment.checkpoint_every == 0 or last:
             save(checkpoint, manager, model_dir, current, strategy)
         if experiment.eval_every and current % experiment.eval_every == 0 and not last:
-            results = evaluate_model(model, info, experiment, current, model_dir, strategy)
+            eval_start = time.time()
+            results = evaluate_model(model, info, experiment, current, model_dir, strategy,
+                                     train_seconds=clock_offset + trained_s)
             print(f"step {current}  eval bits/token {results['bits_per_token']:.4f}", flush=True)
+            evaluating_s += time.time() - eval_start
+            window_time += time.time() - eval_start
     if out_of_time:
         print(f"stopped at step {int(step.numpy())}: train_seconds = {experiment.train_seconds:g} spent", flush=True)
     writer.flush()
+    if strategy.extended.should_save_summary:
+        curves.write_curves_png(model_dir)
     return model
 
 
@@ -427,16 +437,19 @@ def evaluate(experiment, model_dir, strategy=None):
     if manager.latest_checkpoint is None:
         raise UserError(f"no checkpoint in {model_dir}/checkpoints; train first (--mode=train).")
     restore(checkpoint, manager)
-    results = evaluate_model(model, info, experiment, int(step.numpy()), model_dir, strategy)
+    current = int(step.numpy())
+    results = evaluate_model(model, info, experiment, current, model_dir, strategy,
+                             train_seconds=curves.train_seconds_at(model_dir, current))
     if strategy.extended.should_checkpoint:
         write_atomically(os.path.join(model_dir, "eval_results.json"), json.dumps(results, indent=2) + "\n")
+        curves.write_curves_png(model_dir)
     return results
 
 
-def evaluate_model(model, info, experiment, step, model_dir, strategy=None):
+def evaluate_model(model, info, experiment, step, model_dir, strategy=None, train_seconds=None):
     """The model's metrics on `experiment.eval_split` (all of it, or `eval_batches` batches), also written as
-    TensorBoard scalars under model_dir/eval at `step` (by the chief). Every replica scores its share of each
-    batch."""
+    TensorBoard scalars under model_dir/eval at `step` (by the chief), with the `train_seconds` the model had
+    trained for, if given (for curves against time). Every replica scores its share of each batch."""
     strategy = strategy or tf.distribute.get_strategy()
 
     def replica_eval(batch):
@@ -463,6 +476,8 @@ def evaluate_model(model, info, experiment, step, model_dir, strategy=None):
         for name, value in results.items():
             if isinstance(value, float):
                 tf.summary.scalar(name, value)
+        if train_seconds is not None:
+            tf.summary.scalar("train_seconds", train_seconds)
     writer.flush()
     return results
 
