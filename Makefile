@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 TORCH_VENV := .venv-torch
 TORCH_STAMP := $(TORCH_VENV)/.installed
 
-.PHONY: install test test-fast demo bench bench-setup bench-attention bench-routing bench-families bench-quality \
-	bench-maps bench-report clean
+.PHONY: install test test-fast demo reproduce bench bench-setup bench-attention bench-routing bench-families \
+	bench-quality bench-maps bench-report clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): setup.py
 
 demo: install
 	$(PY) -m common.demo
+
+# The three papers' claims in miniature (about 2 hours on 2 idle CPU cores; resumable, --claims= selects some).
+reproduce: install
+	$(PY) -m benchmarks.reproduce
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile tests

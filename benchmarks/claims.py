@@ -1,0 +1,206 @@
+"""The three papers' claims in miniature: which models each claim compares, at what size, and against which
+published numbers (benchmarks.reproduce trains them and judges each comparison).
+
+Every arm of a claim has the same depth, width, heads, context, batch and (within 2%, asserted by
+`check_parameter_counts`) parameter count; arms differ only in their attention. Model sizes: `full` is the
+miniature that `make reproduce` trains on 2 CPU cores; `quick` is a seconds-long smoke size for tests.
+"""
+
+import dataclasses
+
+import gin
+import keras
+
+from combiner.attention import CombinerAttention
+from combiner.model import CombinerLM
+from common.models import DecoderLM
+from routing_transformer.model import RoutingTransformerLM
+from sparse_transformer.attention import SparseAttention
+from sparse_transformer.model import SparseTransformerLM
+
+VOCABULARY = 256  # bytes
+PARAMETER_TOLERANCE = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """Model and context of one claim at one scale; `block` is the local window (routing), the stride
+    (sparse) or the segment (Combiner), about sqrt(sequence_length)."""
+
+    layers: int
+    width: int
+    heads: int
+    sequence_length: int
+    batch_size: int
+    block: int
+    summary: int = 8  # sparse fixed pattern: summary positions per block
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """One row of the report: `arm` against `baselines` (lower bits/byte is better).
+
+    kind: "beats" (arm better than every baseline), "matches" (arm no worse than the baseline by more than
+      `MATCH_TOLERANCE`) or "faster" (arm's seconds per step below the baseline's).
+    """
+
+    name: str
+    statement: str
+    kind: str
+    arm: str
+    baselines: tuple
+    paper: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    name: str
+    title: str
+    arms: dict  # arm name -> label
+    comparisons: tuple
+    sizes: dict  # "full" / "quick" -> Size
+    source: str
+
+
+MATCH_TOLERANCE = 0.02  # "matches": at most 2% more bits than the baseline (the paper's fixed vs dense gap is 1%)
+
+CLAIMS = {
+    "routing": Claim(
+        name="routing",
+        title="Routing Transformer: routing + local heads against local-only attention",
+        arms={"local": "local only (4 local heads)",
+              "routing_causal": "2 local + 2 routing heads, causal routing",
+              "routing_balanced": "2 local + 2 routing heads, balanced routing (the original's)"},
+        comparisons=(
+            Comparison("routing_beats_local", "routing + local heads beat local-only attention", "beats",
+                       "routing_causal", ("local",),
+                       "PG-19 test perplexity 33.2 (routing) vs 39.3 (local; recalled, unverified)"),
+            Comparison("causal_matches_balanced", "strictly causal routing matches the original's balanced "
+                       "routing", "matches", "routing_causal", ("routing_balanced",),
+                       "not in the paper (the original routes with balanced top-k clusters)"),
+        ),
+        sizes={"full": Size(layers=4, width=128, heads=4, sequence_length=4096, batch_size=1, block=256),
+               "quick": Size(layers=2, width=32, heads=2, sequence_length=128, batch_size=2, block=16)},
+        source="Roy et al. 2021 (TACL); reference notes, routing_transformer.md section 5",
+    ),
+    "sparse": Claim(
+        name="sparse",
+        title="Sparse Transformer on text: fixed and strided patterns against dense attention",
+        arms={"dense": "dense attention", "fixed": "fixed pattern", "strided": "strided pattern (local + strided)"},
+        comparisons=(
+            Comparison("fixed_matches_dense", "the fixed pattern matches dense attention at equal steps", "matches",
+                       "fixed", ("dense",), "enwik8 bits/byte: dense 1.00, fixed 0.99"),
+            Comparison("fixed_faster_than_dense", "the fixed pattern is faster per step than dense attention",
+                       "faster", "fixed", ("dense",), "enwik8 time/iteration: dense 1.31, fixed 0.55"),
+            Comparison("fixed_beats_strided", "on text, strided is worse than fixed", "beats", "fixed",
+                       ("strided",), "enwik8 bits/byte: fixed 0.99, strided 1.13"),
+        ),
+        sizes={"full": Size(layers=4, width=128, heads=4, sequence_length=2048, batch_size=2, block=64),
+               "quick": Size(layers=2, width=32, heads=2, sequence_length=128, batch_size=2, block=16, summary=4)},
+        source="Child et al. 2019, Table 2; reference notes, sparse_transformer.md section 3",
+    ),
+    "combiner": Claim(
+        name="combiner",
+        title="Combiner: the four variants, and Combiner-Fixed against the sparse pattern it is built on",
+        arms={"fixed": "Combiner-Fixed", "logsparse": "Combiner-Logsparse", "axial": "Combiner-Axial",
+              "mixture": "Combiner-Mixture", "sparse_fixed": "Fixed sparse pattern (no Combiner summaries)"},
+        comparisons=(
+            Comparison("axial_beats_fixed_and_logsparse", "Combiner-Axial beats Combiner-Fixed and -Logsparse",
+                       "beats", "axial", ("fixed", "logsparse"),
+                       "CIFAR-10 bits/dim, 6 layers: axial 3.050 vs fixed 3.321, logsparse 3.366"),
+            Comparison("mixture_beats_fixed_and_logsparse", "Combiner-Mixture beats Combiner-Fixed and -Logsparse",
+                       "beats", "mixture", ("fixed", "logsparse"),
+                       "CIFAR-10 bits/dim, 6 layers: mixture 3.040 vs fixed 3.321, logsparse 3.366"),
+            Comparison("fixed_beats_sparse_fixed", "Combiner-Fixed beats the fixed sparse pattern it is built on",
+                       "beats", "fixed", ("sparse_fixed",),
+                       "CIFAR-10 bits/dim, 6 layers: Combiner-Fixed 3.321 vs Fixed 3.408"),
+        ),
+        sizes={"full": Size(layers=4, width=128, heads=4, sequence_length=4096, batch_size=1, block=64),
+               "quick": Size(layers=2, width=32, heads=2, sequence_length=128, batch_size=2, block=16, summary=4)},
+        source="Ren et al. 2021, Table 1; reference notes, combiner.md section 4",
+    ),
+}
+
+
+def routing_model(size, arm, seed):
+    """Routing Transformer preset (post-LN, GEGLU, relative positions): local heads in every layer, routing
+    heads (half of them) in the upper half of the layers for the routing arms, sequence/window clusters.
+    Routing heads use no relative positions: their table over the whole context would add 6% parameters,
+    and the claim holds parameters equal within 2%."""
+    local_only = arm == "local"
+    return RoutingTransformerLM(
+        vocabulary_size=VOCABULARY, num_layers=size.layers, hidden_dim=size.width, ffn_dim=2 * size.width,
+        local_heads=size.heads if local_only else size.heads // 2, routing_heads=0 if local_only else size.heads // 2,
+        num_clusters=1 if local_only else size.sequence_length // size.block, window=size.block,
+        routing="causal" if arm == "routing_causal" else "balanced", skip_first=size.layers // 2,
+        block_size=size.block // 2, look_back=1, max_relative_position=size.block, routing_relative=False,
+        dropout=0.0, seed=seed)
+
+
+def sparse_model(size, arm, seed):
+    """Sparse Transformer preset (pre-LN, deep init): `all`, `fixed` (stride, summary) or `local+strided`."""
+    schedule = {"dense": "all", "fixed": "fixed", "strided": "local+strided"}[arm]
+    return SparseTransformerLM(
+        vocabulary_size=VOCABULARY, num_layers=size.layers, hidden_dim=size.width, num_heads=size.heads,
+        attention_schedule=schedule, stride=size.block, summary=size.summary, max_length=size.sequence_length,
+        dropout=0.0, seed=seed)
+
+
+def combiner_ffn_width(size, variant):
+    """The feed-forward width that keeps `variant`'s parameters within 2% of Combiner-Fixed's at 4 x width:
+    the axial row projection adds two width x width maps per layer, taken out of its feed-forward."""
+    if variant != "axial":
+        return 4 * size.width
+    extra = 2 * size.width * size.width + 4 * size.width  # two projections with biases, one LayerNorm
+    return 4 * size.width - 8 * round(extra / (2 * size.width + 1) / 8)
+
+
+def combiner_model(size, arm, seed):
+    """Combiner preset (pre-LN, tanh-GELU, tied output, learned positions), segments of `block`; `sparse_fixed`
+    swaps the attention for the Sparse Transformer's fixed pattern with the same blocks, nothing else."""
+    if arm != "sparse_fixed":
+        return CombinerLM(vocabulary_size=VOCABULARY, num_layers=size.layers, hidden_dim=size.width,
+                          num_heads=size.heads, ffn_dim=combiner_ffn_width(size, arm), max_length=size.sequence_length,
+                          variant=arm, segment_length=size.block, seed=seed)
+    initializer = keras.initializers.RandomNormal(stddev=0.02)
+    head_dim = size.width // size.heads
+    attention = [SparseAttention(num_heads=size.heads, key_dim=head_dim, pattern="fixed", stride=size.block,
+                                 summary=size.summary, use_bias=True, kernel_initializer=initializer,
+                                 seed=None if seed is None else seed + i) for i in range(size.layers)]
+    return DecoderLM(  # CombinerLM's blocks, embeddings and head (combiner/model.py) around the sparse pattern
+        vocabulary_size=VOCABULARY, num_layers=size.layers, hidden_dim=size.width, attention=attention,
+        ffn_dim=4 * size.width, ffn_activation="gelu_tanh", ffn_use_bias=True, position_axes=(size.sequence_length,),
+        norm_placement="pre", norm_epsilon=1e-5, final_norm=True, tie_embeddings=True, output_bias=True,
+        kernel_initializer=initializer, embeddings_initializer=initializer, logits_initializer=initializer,
+        seed=seed)
+
+
+BUILDERS = {"routing": routing_model, "sparse": sparse_model, "combiner": combiner_model}
+
+
+@gin.configurable(module="benchmarks.claims")
+def build_arm(vocabulary_size, claim=gin.REQUIRED, arm=gin.REQUIRED, scale="full", seed=None):
+    """The trainer's `Experiment.model`: arm `arm` of claim `claim` at `scale`."""
+    if vocabulary_size != VOCABULARY:
+        raise ValueError(f"the claims are byte-level: expected a vocabulary of {VOCABULARY}, got {vocabulary_size}")
+    if arm not in CLAIMS[claim].arms:
+        raise ValueError(f"claim {claim!r} has no arm {arm!r}; arms: {', '.join(CLAIMS[claim].arms)}")
+    return BUILDERS[claim](CLAIMS[claim].sizes[scale], arm, seed)
+
+
+def trainable_parameters(claim, arm, scale):
+    """Trainable parameters of an arm, built at its claim's length."""
+    size = CLAIMS[claim].sizes[scale]
+    model = build_arm(VOCABULARY, claim=claim, arm=arm, scale=scale)
+    model(keras.ops.zeros((1, size.sequence_length), "int32"))
+    return int(sum(keras.ops.size(v) for v in model.trainable_variables))
+
+
+def check_parameter_counts(claim, scale):
+    """{arm: trainable parameters}; ValueError if two arms of `claim` differ by more than 2%."""
+    counts = {arm: trainable_parameters(claim, arm, scale) for arm in CLAIMS[claim].arms}
+    low, high = min(counts.values()), max(counts.values())
+    if high > low * (1 + PARAMETER_TOLERANCE):
+        raise ValueError(f"claim {claim!r}: parameter counts differ by more than "
+                         f"{PARAMETER_TOLERANCE:.0%}: {counts}")
+    return counts

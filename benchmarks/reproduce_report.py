@@ -1,0 +1,332 @@
+"""The report of benchmarks.reproduce, read from its JSON alone: one row per comparison with the paper's numbers,
+the zoo's (mean and range over seeds, at equal steps and at equal training time) and a verdict word, the
+learning-rate sweep, learning curves per claim, and the README section "The papers' claims, in miniature".
+
+Verdicts (lower bits/byte is better; spread = the larger range over seeds of the two arms compared):
+- beats: gap = baseline mean - arm mean; `holds` if gap > spread, `does not hold` if gap < -spread, else
+  `inconclusive`; against several baselines every one must hold.
+- matches: margin = 2% of the baseline mean - (arm mean - baseline mean); the same rule on the margin.
+- faster: the same rule as beats on seconds per step.
+"""
+
+import math
+import os
+
+from benchmarks import attention as harness
+from benchmarks import claims as claim_specs
+
+README_START, README_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
+VERDICTS = ("holds", "does not hold", "inconclusive")
+
+
+def best_rate(sweep):
+    """The learning rate of the sweep record (seed 0, one per rate) with the best validation bits, or None."""
+    scored = {r["learning_rate"]: r["validation_bits_per_byte"] for r in sweep
+              if r.get("status") == "ok" and math.isfinite(r["validation_bits_per_byte"])}
+    return min(scored, key=scored.get) if scored else None
+
+
+def sweep_runs(data, settings, claim):
+    """{arm: {learning_rate: record}} of the seed-0 runs (the sweep) of `claim` under `settings`."""
+    key = settings.key()
+    sweep = {}
+    for run_key, record in data["runs"].items():
+        if run_key.endswith(key) and record.get("claim") == claim and record.get("seed") == 0:
+            sweep.setdefault(record["arm"], {})[record["learning_rate"]] = record
+    return sweep
+
+
+def main_runs(data, settings, claim):
+    """{arm: [record of each seed, by seed]}: the finished runs of `claim` under `settings` at each arm's rate
+    chosen by the sweep."""
+    key = settings.key()
+    rates = {arm: best_rate(list(by_rate.values())) for arm, by_rate in sweep_runs(data, settings, claim).items()}
+    runs = {}
+    for run_key, record in sorted(data["runs"].items()):
+        if run_key.endswith(key) and record.get("status") == "ok" and record["claim"] == claim \
+                and record["learning_rate"] == rates.get(record["arm"]):
+            runs.setdefault(record["arm"], []).append(record)
+    return {arm: sorted(records, key=lambda r: r["seed"]) for arm, records in runs.items()}
+
+
+def interpolate(curve, seconds):
+    """The held-out bits of an eval curve [(step, train_seconds, bits)] at `seconds`, linear between points;
+    None outside the curve."""
+    points = [(s, b) for _, s, b in curve if s is not None]
+    for (s0, b0), (s1, b1) in zip(points, points[1:]):
+        if s0 <= seconds <= s1:
+            return b0 if s1 == s0 else b0 + (b1 - b0) * (seconds - s0) / (s1 - s0)
+    return points[-1][1] if points and math.isclose(points[-1][0], seconds) else None
+
+
+def compile_seconds(record):
+    """Seconds of the first logged steps beyond their steady cost: tracing and XLA compilation."""
+    step, seconds, _ = next(p for p in record["train_curve"] if p[1] is not None)
+    return max(0.0, seconds - step * record["seconds_per_step"])
+
+
+def steady_curve(record):
+    """The run's eval curve with compilation taken out of its training seconds."""
+    overhead = compile_seconds(record)
+    return [(step, None if s is None else max(0.0, s - overhead), bits) for step, s, bits in record["eval_curve"]]
+
+
+def equal_time(runs, arms):
+    """The training seconds (compilation excluded) every run of `arms` reached, i.e. the fastest run's total,
+    and each arm's held-out bits there: (seconds, {arm: [bits per seed]})."""
+    seconds = min(steady_curve(r)[-1][1] for arm in arms for r in runs[arm])
+    return seconds, {arm: [interpolate(steady_curve(r), seconds) for r in runs[arm]] for arm in arms}
+
+
+def stats(values):
+    """(mean, low, high) of the finite values, or None."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return (sum(values) / len(values), min(values), max(values)) if values else None
+
+
+def judge(kind, arm_values, baseline_values):
+    """The verdict word of one arm against one baseline (see the module docstring)."""
+    arm, base = stats(arm_values), stats(baseline_values)
+    if arm is None or base is None:
+        return "inconclusive"
+    spread = max(arm[2] - arm[1], base[2] - base[1])
+    if kind == "matches":
+        gap = claim_specs.MATCH_TOLERANCE * base[0] - (arm[0] - base[0])
+    else:
+        gap = base[0] - arm[0]
+    if gap > spread:
+        return "holds"
+    if gap < -spread:
+        return "does not hold"
+    return "inconclusive"
+
+
+def combine(verdicts):
+    if all(v == "holds" for v in verdicts):
+        return "holds"
+    if any(v == "does not hold" for v in verdicts):
+        return "does not hold"
+    return "inconclusive"
+
+
+def check_equal_footing(runs, arms, claim):
+    """The arms of a comparison saw the same tokens per seed and have parameters within 2%; ValueError if not."""
+    tokens = {(arm, r["seed"]): r["tokens"] for arm in arms for r in runs[arm]}
+    if len(set(tokens.values())) > 1:
+        raise ValueError(f"claim {claim!r}: the arms trained on different token counts: {tokens}")
+    parameters = {arm: runs[arm][0]["parameters"] for arm in arms}
+    if max(parameters.values()) > min(parameters.values()) * (1 + claim_specs.PARAMETER_TOLERANCE):
+        raise ValueError(f"claim {claim!r}: parameter counts differ by more than 2%: {parameters}")
+
+
+def fmt(values, digits=3):
+    s = stats(values)
+    if s is None:
+        return "n/a"
+    return f"{s[0]:.{digits}f} [{s[1]:.{digits}f}, {s[2]:.{digits}f}]" if len(values) > 1 else f"{s[0]:.{digits}f}"
+
+
+def comparison_row(claim, comparison, runs):
+    """The report row of one comparison: dict of its cells, or None when an arm has no finished run."""
+    arms = (comparison.arm,) + comparison.baselines
+    if any(not runs.get(arm) for arm in arms):
+        return None
+    check_equal_footing(runs, arms, claim.name)
+    labels = {arm: arm.replace("_", " ") for arm in arms}
+    if comparison.kind == "faster":
+        values = {arm: [r["seconds_per_step"] for r in runs[arm]] for arm in arms}
+        cell = " · ".join(f"{labels[a]} {fmt(values[a])} s/step" for a in arms)
+        verdict = combine([judge("beats", values[comparison.arm], values[b]) for b in comparison.baselines])
+        return dict(steps=cell, steps_verdict=verdict, time="(a speed claim)", time_verdict=verdict)
+    at_steps = {arm: [r["bits_per_byte"] for r in runs[arm]] for arm in arms}
+    seconds, at_time = equal_time(runs, arms)
+    kind = comparison.kind
+    return dict(
+        steps=" · ".join(f"{labels[a]} {fmt(at_steps[a])}" for a in arms),
+        steps_verdict=combine([judge(kind, at_steps[comparison.arm], at_steps[b]) for b in comparison.baselines]),
+        time=f"at {seconds:.0f} s: " + " · ".join(f"{labels[a]} {fmt(at_time[a])}" for a in arms),
+        time_verdict=combine([judge(kind, at_time[comparison.arm], at_time[b]) for b in comparison.baselines]))
+
+
+def claims_table(data, settings):
+    """The headline table, one row per comparison of every claim (rows without runs say so)."""
+    lines = ["| claim | paper | zoo, equal steps: held-out bits/byte, mean [range] | verdict | "
+             "zoo, equal training time (compilation excluded) | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    for claim in claim_specs.CLAIMS.values():
+        runs = main_runs(data, settings, claim.name)
+        for comparison in claim.comparisons:
+            row = comparison_row(claim, comparison, runs)
+            statement = f"{claim.name}: {comparison.statement}"
+            if row is None:
+                lines.append(f"| {statement} | {comparison.paper} | not run yet | | | |")
+                continue
+            lines.append(f"| {statement} | {comparison.paper} | {row['steps']} | {row['steps_verdict']} | "
+                         f"{row['time']} | {row['time_verdict']} |")
+    return lines
+
+
+def claim_section(data, settings, claim, plot_path):
+    """Arms, sweep and curves of one claim."""
+    runs = main_runs(data, settings, claim.name)
+    size = claim.sizes[settings.scale]
+    lines = [f"## {claim.title}", "",
+             f"Every arm: {size.layers} layers, width {size.width}, {size.heads} heads, context "
+             f"{size.sequence_length:,}, batch {size.batch_size}, block/window/segment {size.block}; "
+             f"source of the paper's numbers: {claim.source}.", ""]
+    held = data.get("held_out", {}).get(f"{claim.name}/{settings.key()}")
+    if held:
+        lines += [f"Held-out: {held['bytes']:,} bytes of the test split; xz -9 on the same bytes: "
+                  f"{held['xz_bits_per_byte']:.3f} bits/byte.", ""]
+    lines += ["| arm | parameters | learning rate | seeds | steps | tokens | s/step | held-out bits/byte per seed |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for arm, label in claim.arms.items():
+        records = runs.get(arm)
+        if not records:
+            lines.append(f"| {label} | not run yet | | | | | | |")
+            continue
+        first = records[0]
+        per_step = stats([r["seconds_per_step"] for r in records])
+        lines.append(f"| {label} | {first['parameters']:,} | {first['learning_rate']:g} | {len(records)} | "
+                     f"{first['steps']:,} | {first['tokens']:,} | {per_step[0]:.2f} | "
+                     + ", ".join(f"{r['bits_per_byte']:.3f}" for r in records) + " |")
+    sweep = sweep_runs(data, settings, claim.name)
+    if sweep:
+        rates = sorted({lr for by_rate in sweep.values() for lr in by_rate})
+        lines += ["", f"Learning-rate sweep (seed 0, {settings.steps} steps, validation bits/byte; the best rate "
+                      "of each arm, in bold, is the rate of all its seeds):", "",
+                  "| arm | " + " | ".join(f"{lr:g}" for lr in rates) + " |", "| --- |" + " ---: |" * len(rates)]
+        for arm, by_rate in sweep.items():
+            ok = {lr: r["validation_bits_per_byte"] for lr, r in by_rate.items() if r.get("status") == "ok"}
+            best = runs[arm][0]["learning_rate"] if runs.get(arm) else None
+            cells = [("**{:.3f}**" if lr == best else "{:.3f}").format(ok[lr]) if lr in ok else
+                     by_rate.get(lr, {}).get("status", "") for lr in rates]
+            lines.append(f"| {claim.arms[arm]} | " + " | ".join(cells) + " |")
+        edge = sorted(arm for arm, by_rate in sweep.items() if runs.get(arm) and len(rates) > 1
+                      and runs[arm][0]["learning_rate"] in (rates[0], rates[-1]))
+        if edge:
+            lines += ["", "At the edge of the swept range (a wider sweep might find a better rate): "
+                      + ", ".join(claim.arms[arm] for arm in edge) + "."]
+    if plot_path:
+        lines += ["", f"![{claim.title}: held-out bits/byte during training]({os.path.basename(plot_path)})"]
+    return lines + [""]
+
+
+def plot_claim(data, settings, claim, path):
+    """Held-out bits/byte of every run against step and training seconds, one colour per arm; the path, or None."""
+    runs = main_runs(data, settings, claim.name)
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, (by_step, by_time) = pyplot.subplots(1, 2, figsize=(11, 4))
+    for index, (arm, records) in enumerate(sorted(runs.items())):
+        colour = f"C{index}"
+        for n, record in enumerate(records):
+            points = [p for p in steady_curve(record) if p[1] is not None]
+            label = claim.arms[arm] if n == 0 else None
+            by_step.plot([p[0] for p in points], [p[2] for p in points], color=colour, marker="o", label=label)
+            by_time.plot([p[1] for p in points], [p[2] for p in points], color=colour, marker="o", label=label)
+    by_step.set_xlabel("step")
+    by_time.set_xlabel("training seconds (compilation and evaluation excluded)")
+    for axes in (by_step, by_time):
+        axes.set_ylabel("held-out bits/byte")
+        axes.grid(alpha=0.3)
+    by_step.legend(fontsize=7)
+    figure.suptitle(claim.title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    pyplot.close(figure)
+    return path
+
+
+def corpus_name(settings):
+    return settings.local_text_dir or "the Python standard library (local_text)"
+
+
+def invocations(data):
+    """The commands that ran the JSON's runs, with their dates."""
+    return data.get("invocations") or [{"command": data.get("command"), "date": data.get("date")}]
+
+
+def render(data, settings, output):
+    """(the full report, the README section); writes the curve PNGs next to `output`."""
+    header = [f"- Machine: {data.get('machine', 'unknown')}", f"- Corpus: {corpus_name(settings)}",
+              "- Runs: " + "; ".join(f"`{i['command']}` ({i['date']})" for i in invocations(data)[-4:])
+              + f"; {settings.steps} steps per run, "
+              f"{settings.evals} held-out evaluations of {settings.eval_windows} "
+              f"windows, jit {'on' if settings.jit else 'off'}, scale {settings.scale!r}.",
+              "- Each cell: mean [lowest, highest] over seeds of held-out (test split) bits/byte; verdicts: "
+              "`holds`, `does not hold`, or `inconclusive` when the spread over seeds is larger than the gap "
+              f"(\"matches\" allows {claim_specs.MATCH_TOLERANCE:.0%} more bits than the baseline). These are "
+              "miniatures of the papers' experiments (small models, minutes of CPU training, local text), not "
+              "the experiments themselves.", ""]
+    table = claims_table(data, settings)
+    sections = []
+    for claim in claim_specs.CLAIMS.values():
+        plot = plot_claim(data, settings, claim, f"{output}_{claim.name}.png")
+        sections += claim_section(data, settings, claim, plot)
+    report = ["# The papers' claims, in miniature", ""] + header + table + [""] + sections
+    readme = ["Generated by `python -m benchmarks.reproduce` from `benchmarks/results/reproduce.json`; arms, "
+              "learning-rate sweeps and curves in [benchmarks/results/reproduce.md]"
+              "(benchmarks/results/reproduce.md).", ""] + header + table
+    return "\n".join(report) + "\n", "\n".join(readme) + "\n"
+
+
+def replace_section(text, section):
+    """`text` with what lies between the README markers replaced by `section` (appended if absent)."""
+    block = f"{README_START}\n{section}{README_END}"
+    if README_START in text and README_END in text:
+        before, rest = text.split(README_START, 1)
+        return before + block + rest.split(README_END, 1)[1]
+    return text.rstrip("\n") + "\n\n## The papers' claims, in miniature\n\n" + block + "\n"
+
+
+# The README experiments-table rows (by gin file) whose "zoo measured" cell shows a miniature's arm.
+EXPERIMENT_ROWS = {
+    "routing_transformer/enwik8_8k.gin": ("routing", "routing_balanced"),
+    "routing_transformer/enwik8_local_8k.gin": ("routing", "local"),
+    "sparse_transformer/enwik8.gin": ("sparse", "fixed"),
+    "combiner/cifar10_6l_fixed.gin": ("combiner", "fixed"),
+    "combiner/cifar10_6l_logsparse.gin": ("combiner", "logsparse"),
+    "combiner/cifar10_6l_axial.gin": ("combiner", "axial"),
+    "combiner/cifar10_6l_mixture.gin": ("combiner", "mixture"),
+}
+
+
+def miniature_cell(data, settings, claim_name, arm):
+    """The experiments table's cell for an arm of a miniature, labelled as such; None without runs."""
+    records = main_runs(data, settings, claim_name).get(arm)
+    if not records:
+        return None
+    size = claim_specs.CLAIMS[claim_name].sizes[settings.scale]
+    mean = stats([r["bits_per_byte"] for r in records])[0]
+    return (f"miniature only: {mean:.3f} held-out bits/byte on {corpus_name(settings)} ({size.layers} layers, "
+            f"d={size.width}, context {size.sequence_length:,}, {records[0]['tokens'] / 1e6:.2f}M tokens, "
+            f"{len(records)} seeds; see below), not this experiment")
+
+
+def fill_experiments_table(text, data, settings):
+    """`text` (the README) with the "zoo measured" cell of every `EXPERIMENT_ROWS` row set to its miniature."""
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        for gin_file, (claim_name, arm) in EXPERIMENT_ROWS.items():
+            if line.startswith("| ") and f"| `{gin_file}` |" in line:
+                cell = miniature_cell(data, settings, claim_name, arm)
+                if cell:
+                    lines[index] = line.rstrip().rstrip("|").rstrip().rsplit("|", 1)[0] + f"| {cell} |"
+    return "\n".join(lines)
+
+
+def write(data, settings, output, readme=None):
+    """Writes `output`.md (and PNGs) from the JSON's data; rewrites the README's section and its experiments
+    table's miniature cells if `readme` is given."""
+    report, section = render(data, settings, output)
+    harness.write_atomically(output + ".md", report)
+    if readme:
+        with open(readme) as f:
+            text = f.read()
+        harness.write_atomically(readme, fill_experiments_table(replace_section(text, section), data, settings))
+    return report

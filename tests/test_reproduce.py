@@ -1,0 +1,198 @@
+"""benchmarks.reproduce: a quick reproduction with every claim row, equal footing of the arms, resume, a report
+read from the JSON alone, the verdict rule, and one-line errors for bad input."""
+
+import json
+import math
+import os
+
+import gin
+import pytest
+
+from benchmarks import claims, reproduce, reproduce_report
+from tests.common.train_helpers import assert_one_line_error, clean_gin, run_module  # noqa: F401  (fixture)
+
+WORDS = ("def", "return", "self", "value", "class", "import", "for", "in", "if", "else", "None", "print")
+
+
+def write_corpus(folder, files=60, lines=40):
+    """A directory of Python-like text files, every split holding a few KiB."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(files):
+        text = "".join(f"{WORDS[(index + line) % len(WORDS)]} name_{index}_{line % 7} = {line * index}\n"
+                       for line in range(lines))
+        (folder / f"module_{index:03d}.py").write_text(text)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One quick reproduction of every claim on a written corpus: (args list, output stem, JSON)."""
+    root = tmp_path_factory.mktemp("reproduce")
+    argv = ["--quick", f"--local_text_dir={write_corpus(root / 'texts')}", f"--data_dir={root / 'tfds'}",
+            f"--output={root / 'out' / 'reproduce'}"]
+    gin.clear_config()
+    reproduce.main(argv)
+    gin.clear_config()
+    with open(root / "out" / "reproduce.json") as f:
+        return argv, str(root / "out" / "reproduce"), json.load(f)
+
+
+@pytest.mark.slow
+def test_quick_reproduction_has_every_claim_row_with_a_verdict_cell(quick_run):
+    _, stem, data = quick_run
+    with open(stem + ".md") as f:
+        report = f.read()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and ": " in line.split("|")[1]]
+    comparisons = [c for claim in claims.CLAIMS.values() for c in claim.comparisons]
+    assert len(rows) == len(comparisons)
+    for row, comparison in zip(rows, comparisons):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert comparison.statement in cells[0] and cells[1] == comparison.paper
+        assert cells[3] in reproduce_report.VERDICTS and cells[5] in reproduce_report.VERDICTS, row
+    for claim in claims.CLAIMS:
+        assert os.path.getsize(f"{stem}_{claim}.png") > 1000
+    # Seed 0 of every arm at both sweep rates, seed 1 at the rate with the better validation bits.
+    arms = sum(len(c.arms) for c in claims.CLAIMS.values())
+    assert len(data["runs"]) == arms * 3
+    assert {r["split"] for r in data["runs"].values()} == {"test"}
+    settings = reproduce.settings_of(reproduce.parse_args(quick_run[0]))
+    for name, claim in claims.CLAIMS.items():
+        sweep = reproduce_report.sweep_runs(data, settings, name)
+        for arm, records in reproduce_report.main_runs(data, settings, name).items():
+            assert [r["seed"] for r in records] == [0, 1]
+            validation = {lr: r["validation_bits_per_byte"] for lr, r in sweep[arm].items()}
+            assert records[1]["learning_rate"] == min(validation, key=validation.get)
+
+
+@pytest.mark.slow
+def test_arms_of_a_comparison_share_tokens_and_parameters_within_two_percent(quick_run):
+    argv, _, data = quick_run
+    settings = reproduce.settings_of(reproduce.parse_args(argv))
+    for name, claim in claims.CLAIMS.items():
+        runs = [r for records in reproduce_report.main_runs(data, settings, name).values() for r in records]
+        assert len({r["tokens"] for r in runs}) == 1
+        counts = {r["arm"]: r["parameters"] for r in runs}
+        assert set(counts) == set(claim.arms)
+        assert max(counts.values()) <= min(counts.values()) * 1.02
+        assert claims.check_parameter_counts(name, "quick") == counts
+
+
+@pytest.mark.slow
+def test_rerun_trains_nothing_and_the_report_is_regenerated_from_the_json(quick_run, monkeypatch, clean_gin):
+    argv, stem, data = quick_run
+    with open(stem + ".md") as f:
+        written = f.read()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(reproduce, "train_run", refuse)
+    reproduce.main(argv)
+    with open(stem + ".json") as f:
+        again = json.load(f)
+    assert again["runs"] == data["runs"]
+    settings = reproduce.settings_of(reproduce.parse_args(argv))
+    report, section = reproduce_report.render(again, settings, stem)
+    assert report.split("\n", 5)[5] == written.split("\n", 5)[5]  # all but the run's header lines
+    assert reproduce_report.claims_table(again, settings)[2] in section
+
+
+def test_parameter_counts_of_the_full_miniatures_are_within_two_percent():
+    for name in claims.CLAIMS:
+        counts = claims.check_parameter_counts(name, "full")
+        assert max(counts.values()) <= min(counts.values()) * 1.02, (name, counts)
+    assert claims.CLAIMS["routing"].sizes["full"].sequence_length >= 4096
+
+
+def test_arms_differ_only_in_attention():
+    routing = {arm: claims.build_arm(256, claim="routing", arm=arm, scale="quick") for arm in ("local",
+                                                                                                "routing_causal")}
+    assert routing["local"].preset["routing_heads"] == 0 and routing["routing_causal"].preset["routing"] == "causal"
+    same = {k for k, v in routing["local"].preset.items() if routing["routing_causal"].preset[k] == v}
+    assert set(routing["local"].preset) - same == {"local_heads", "routing_heads", "num_clusters", "routing"}
+    with pytest.raises(ValueError, match="no arm"):
+        claims.build_arm(256, claim="sparse", arm="axial")
+    with pytest.raises(ValueError, match="byte"):
+        claims.build_arm(300, claim="sparse", arm="dense")
+
+
+@pytest.mark.parametrize("kind,arm,baseline,verdict", [
+    ("beats", [3.0, 3.02], [3.2, 3.21], "holds"),
+    ("beats", [3.3, 3.31], [3.2, 3.21], "does not hold"),
+    ("beats", [3.0, 3.3], [3.1, 3.12], "inconclusive"),  # spread 0.3 > gap 0.04
+    ("matches", [3.25, 3.26], [3.2, 3.21], "holds"),  # 1.7% worse: within 2%
+    ("matches", [3.5, 3.51], [3.2, 3.21], "does not hold"),
+    ("matches", [3.2, 3.5], [3.2, 3.21], "inconclusive"),
+])
+def test_verdict_rule(kind, arm, baseline, verdict):
+    assert reproduce_report.judge(kind, arm, baseline) == verdict
+
+
+def test_equal_time_interpolates_each_run_at_the_fastest_runs_steady_seconds():
+    def run(seconds_per_step, compile_s, bits):
+        steps = [10, 20, 30, 40]
+        return {"seconds_per_step": seconds_per_step, "train_seconds": compile_s + 40 * seconds_per_step,
+                "train_curve": [(s, compile_s + s * seconds_per_step, 0.0) for s in steps],
+                "eval_curve": [(s, compile_s + s * seconds_per_step, b) for s, b in zip(steps, bits)]}
+
+    fast, slow = run(1.0, 30.0, [4, 3, 2, 1]), run(2.0, 5.0, [4.0, 3.0, 2.0, 1.0])
+    seconds, values = reproduce_report.equal_time({"fast": [fast], "slow": [slow]}, ("fast", "slow"))
+    assert seconds == pytest.approx(40.0)  # compilation (30 s) is not training time
+    assert values["fast"] == [pytest.approx(1.0)] and values["slow"] == [pytest.approx(3.0)]  # slow at step 20
+    assert reproduce_report.interpolate([(1, 10.0, 5.0)], 3.0) is None  # before the first evaluation
+
+
+def test_readme_section_is_replaced_and_the_rest_kept():
+    text = f"# Title\n\nintro\n{reproduce_report.README_START}\nold\n{reproduce_report.README_END}\ntail\n"
+    assert reproduce_report.replace_section(text, "new\n") == (
+        f"# Title\n\nintro\n{reproduce_report.README_START}\nnew\n{reproduce_report.README_END}\ntail\n")
+    appended = reproduce_report.replace_section("# Title\n", "new\n")
+    assert appended.startswith("# Title\n") and f"{reproduce_report.README_START}\nnew\n" in appended
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--claims=routing,flash"], "unknown claim 'flash'; choose from routing, sparse, combiner"),
+    (["--steps=0"], "--steps=0 is too short to reach one evaluation"),
+    (["--steps=3", "--evals=6"], "--steps=3 is too short to reach 6 evaluations"),
+    (["--learning_rates=fast"], "--learning_rates='fast' is not a list of numbers"),
+    (["--local_text_dir=/no/such/folder"], "is not a directory"),
+])
+def test_bad_arguments_are_one_line_errors(args, message):
+    result = run_module("benchmarks.reproduce", "--quick", *args, timeout=120)
+    assert message in assert_one_line_error(result)
+
+
+def test_a_text_directory_too_small_names_both_sizes(tmp_path):
+    folder = write_corpus(tmp_path / "small", files=60, lines=1)
+    result = run_module("benchmarks.reproduce", "--claims=routing", f"--local_text_dir={folder}",
+                        f"--data_dir={tmp_path / 'tfds'}", f"--output={tmp_path / 'out'}", timeout=300)
+    line = assert_one_line_error(result)
+    assert "split has" in line and "bytes, but claim 'routing' needs 32,768 (8 windows of 4,096 tokens)" in line
+    assert not os.path.exists(tmp_path / "out.json")
+
+
+@pytest.mark.slow
+def test_held_out_text_is_what_xz_is_compared_on(quick_run, clean_gin):
+    argv, stem, data = quick_run
+    args = reproduce.parse_args(argv)
+    settings = reproduce.settings_of(args)
+    text = reproduce.held_out_text(settings, "routing", args.data_dir)
+    held = data["held_out"][f"routing/{settings.key()}"]
+    assert held["bytes"] == len(text) == 2 * 128
+    import lzma
+    assert math.isclose(held["xz_bits_per_byte"], 8 * len(lzma.compress(text, preset=9)) / len(text))
+
+
+@pytest.mark.slow
+def test_experiments_table_cells_show_the_miniature_labelled_as_such(quick_run):
+    argv, _, data = quick_run
+    settings = reproduce.settings_of(reproduce.parse_args(argv))
+    readme = ("| family | experiment | gin file | parameters (zoo) | paper | zoo measured |\n"
+              "| Sparse Transformer | enwik8 | `sparse_transformer/enwik8.gin` | 94.9M | 0.99 bits/byte | not yet trained |\n"
+              "| Sparse Transformer | CIFAR-10 | `sparse_transformer/cifar10.gin` | 59.2M | 2.80 bits/dim | not yet trained |\n")
+    lines = reproduce_report.fill_experiments_table(readme, data, settings).split("\n")
+    fixed = [r["bits_per_byte"] for r in reproduce_report.main_runs(data, settings, "sparse")["fixed"]]
+    assert lines[1].startswith("| Sparse Transformer | enwik8 | `sparse_transformer/enwik8.gin` | 94.9M | 0.99 bits/byte"
+                               f" | miniature only: {sum(fixed) / len(fixed):.3f} held-out bits/byte")
+    assert lines[1].endswith("not this experiment |") and lines[0] == readme.split("\n")[0]
+    assert lines[2] == readme.split("\n")[2]  # no miniature of that one
