@@ -53,6 +53,7 @@ class Settings:
 
     scale: str
     steps: int
+    learning_rates: tuple
     evals: int
     eval_windows: int
     jit: bool
@@ -187,7 +188,8 @@ def run_in_subprocess(settings, spec, args):
 
 
 def settings_flags(args):
-    flags = [f"--steps={args.steps}", f"--evals={args.evals}",
+    flags = [f"--steps={args.steps}", "--learning_rates=" + ",".join(f"{lr!r}" for lr in args.learning_rates),
+             f"--evals={args.evals}",
              f"--eval_windows={args.eval_windows}", f"--jit={'on' if args.jit else 'off'}"]
     flags += ["--quick"] if args.quick else []
     flags += [f"--{name}={getattr(args, name)}" for name in ("data_dir", "local_text_dir") if getattr(args, name)]
@@ -316,7 +318,8 @@ def parse_args(argv=None):
 
 
 def settings_of(args):
-    return Settings(scale="quick" if args.quick else "full", steps=args.steps, evals=args.evals, eval_windows=args.eval_windows, jit=args.jit,
+    return Settings(scale="quick" if args.quick else "full", steps=args.steps,
+                    learning_rates=tuple(args.learning_rates), evals=args.evals, eval_windows=args.eval_windows, jit=args.jit,
                     local_text_dir=os.path.abspath(args.local_text_dir) if args.local_text_dir else "")
 
 

@@ -40,7 +40,8 @@ def main_runs(data, settings, claim):
     """{arm: [record of each seed, by seed]}: the finished runs of `claim` under `settings` at each arm's rate
     chosen by the sweep."""
     key = settings.key()
-    rates = {arm: best_rate(list(by_rate.values())) for arm, by_rate in sweep_runs(data, settings, claim).items()}
+    rates = {arm: best_rate(list(by_rate.values())) for arm, by_rate in sweep_runs(data, settings, claim).items()
+             if all(by_rate.get(lr, {}).get("status") == "ok" for lr in settings.learning_rates)}
     runs = {}
     for run_key, record in sorted(data["runs"].items()):
         if run_key.endswith(key) and record.get("status") == "ok" and record["claim"] == claim \
