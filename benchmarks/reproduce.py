@@ -128,13 +128,12 @@ def train_run(settings, claim, arm, learning_rate, seed, data_dir=None):
 
 def held_out_text(settings, claim, data_dir=None):
     """The test-split bytes a claim's evaluation scores (its first eval_windows windows, unpadded)."""
+    from benchmarks import quality
     from common import train
 
     experiment = train.parse_config([], experiment_params(settings, claim, next(iter(claim_specs.CLAIMS[claim].arms)),
                                                            1e-3, 0, data_dir))
-    dataset = train.make_dataset(experiment, "test", training=False).take(experiment.eval_batches)
-    return b"".join(bytes(batch["token_ids"].numpy()[batch["weights"].numpy() > 0].astype("uint8").tolist())
-                    for batch in dataset)
+    return quality.held_out_bytes(experiment, experiment.eval_batches)
 
 
 def split_sizes(settings, data_dir=None):
