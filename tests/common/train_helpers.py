@@ -4,7 +4,6 @@ Fixtures are defined here and imported by the test modules that use them (`from 
 import ...`), so that no conftest has to change.
 """
 
-import glob
 import os
 import re
 import subprocess
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import train
+from common import curves, train
 from tests.common.data import fakes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -125,13 +124,7 @@ def gin_param_args(params):
 
 def read_scalars(log_dir):
     """{tag: {step: value}} of every scalar summary under log_dir."""
-    scalars = {}
-    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
-                scalars.setdefault(value.tag, {})[int(event.step)] = number
-    return scalars
+    return curves.read_scalars(log_dir)
 
 
 def checkpoint_values(prefix):
