@@ -16,12 +16,16 @@ original does; all-zero vectors (padding) are not counted. Counts are kept per h
 which mixes the counts of different heads when there is more than one; here each head counts its own tokens.
 `count` and `sum` are sums over the batch: under tf.distribute, `update` sums them over the replicas before the
 EMA, so every replica applies the update of the whole global batch, and the variables are written from the
-first replica (aggregation ONLY_FIRST_REPLICA), so they stay identical on every replica.
+first replica (aggregation ONLY_FIRST_REPLICA), so they stay identical on every replica. Under recomputation
+(`common.recompute.remat`) the update runs in the forward pass only, not again in the recompute (the original's
+`not is_recomputing`), so the statistics are taken once per step, and the recompute routes with the centroids
+its forward pass read.
 """
 
 import keras
 from keras import ops
 
+from common import recompute
 from common.attention import checks
 from common.distribute import replica_sum
 from common.layers.normalization import layer_norm
@@ -67,9 +71,14 @@ class OnlineKMeans(keras.layers.Layer):
         self.ema_sum = self.add_weight(name="ema_sum", shape=shape, initializer=lambda *_, **__: initial, **state)
         self.ema_count = self.add_weight(name="ema_count", shape=shape[:2], initializer="zeros", **state)
 
+    def current_centroids(self):
+        """The centroids this step routes with: the variable's value, and in a recompute (`common.recompute`)
+        the value its forward pass read, before that pass's update."""
+        return recompute.forward_value(id(self), lambda: ops.copy(self.centroids))  # a read, not the variable
+
     def scores(self, x):
         """Dot products with the centroids: [batch, heads, length, dim] -> [batch, heads, length, clusters]."""
-        return ops.einsum("bhld,hcd->bhlc", x, ops.stop_gradient(ops.cast(self.centroids, x.dtype)))
+        return ops.einsum("bhld,hcd->bhlc", x, ops.stop_gradient(ops.cast(self.current_centroids(), x.dtype)))
 
     def nearest(self, x):
         """Index of the nearest centroid (largest dot product) of every vector, [batch, heads, length]."""
@@ -85,7 +94,7 @@ class OnlineKMeans(keras.layers.Layer):
         (a gather of rows, not a one-hot product)."""
         heads = self.num_heads
         rows = ops.cast(assignment, "int32") + (ops.arange(heads, dtype="int32") * self.num_clusters)[:, None]
-        table = ops.reshape(ops.cast(self.centroids, "float32"), (heads * self.num_clusters, -1))
+        table = ops.reshape(ops.cast(self.current_centroids(), "float32"), (heads * self.num_clusters, -1))
         return ops.take(table, rows, axis=0)
 
     def statistics(self, x, assignment):
@@ -107,7 +116,9 @@ class OnlineKMeans(keras.layers.Layer):
 
     def update(self, x, assignment):
         """One EMA step from a batch of vectors and their assignment; under tf.distribute, from the statistics
-        summed over the replicas (the update of the concatenated batch)."""
+        summed over the replicas (the update of the concatenated batch). Nothing while recomputing."""
+        if recompute.is_recomputing():
+            return
         self.apply_statistics(*replica_sum(self.statistics(x, assignment)))
 
     def call(self, x, training=None):

@@ -61,6 +61,7 @@ def _gather(x, flat_index, shape):
 
 
 ROUTINGS = ("balanced", "causal")
+KEY_UPDATES = ("separate", "joint")
 
 
 def routing_attention(q, k, v, *, centroids, window, causal=True, share_qk=True, routing="balanced", scale=1.0,
@@ -224,6 +225,9 @@ class RoutingAttention(SelfAttention):
       max_relative_position: clipping distance of the relative tables; 0 for none.
       local_relative, routing_relative: which heads use relative positions (separate tables).
       decay, beta: k-means EMA decay and commitment-loss weight.
+      key_update: with share_qk=False, how keys update the centroids: "separate" (the original, which calls
+        `cluster_items` for the queries and for the keys: two EMA steps per batch, queries then keys) or
+        "joint" (one EMA step from the queries and keys together).
       require_coverage: raise unless num_clusters x window >= length.
       head_projection: apply the original's shared per-head d_head x d_head matrix.
     """
@@ -233,8 +237,8 @@ class RoutingAttention(SelfAttention):
     def __init__(self, local_heads, routing_heads, key_dim, num_clusters=1, window=1, value_dim=None,
                  block_size=256, look_back=1, share_qk=True, routing="balanced", causal=True,
                  max_relative_position=0,
-                 local_relative=True, routing_relative=True, decay=0.999, beta=1e-4, require_coverage=False,
-                 head_projection=True, dropout=0.0, kernel_initializer="glorot_uniform",
+                 local_relative=True, routing_relative=True, decay=0.999, beta=1e-4, key_update="separate",
+                 require_coverage=False, head_projection=True, dropout=0.0, kernel_initializer="glorot_uniform",
                  output_initializer=None, output_dim=None, seed=None, **kwargs):
         checks.check_positive_int("local_heads", local_heads, minimum=0)
         checks.check_positive_int("routing_heads", routing_heads, minimum=0)
@@ -246,6 +250,8 @@ class RoutingAttention(SelfAttention):
             seed=seed))
         if routing not in ROUTINGS:
             raise ValueError(f"unknown routing {routing!r}; choose one of {ROUTINGS}.")
+        if key_update not in KEY_UPDATES:
+            raise ValueError(f"unknown key_update {key_update!r}; choose one of {KEY_UPDATES}.")
         if routing_heads:
             checks.check_positive_int("num_clusters", num_clusters)
             checks.check_positive_int("window", window)
@@ -262,6 +268,7 @@ class RoutingAttention(SelfAttention):
         self.routing_relative = routing_relative
         self.decay = decay
         self.beta = beta
+        self.key_update = key_update
         self.require_coverage = require_coverage
         self.head_projection = head_projection
         self.kmeans = OnlineKMeans(routing_heads, num_clusters, decay=decay, beta=beta, seed=seed,
@@ -312,8 +319,8 @@ class RoutingAttention(SelfAttention):
 
     def routing_options(self):
         """The routing heads' kernel and decoder options."""
-        return dict(centroids=self.kmeans.centroids, window=self.window, causal=self.causal, share_qk=self.share_qk,
-                    routing=self.routing, relative_keys=self.routing_relative_keys,
+        return dict(centroids=self.kmeans.current_centroids(), window=self.window, causal=self.causal,
+                    share_qk=self.share_qk, routing=self.routing, relative_keys=self.routing_relative_keys,
                     relative_values=self.routing_relative_values, require_coverage=self.require_coverage)
 
     def attend_heads(self, q, k, v, training=None):
@@ -338,12 +345,21 @@ class RoutingAttention(SelfAttention):
                         self.kmeans.commitment_loss(aux["keys"], aux["key_assignment"]))
             self.add_loss(query_loss + key_loss)
             if training:
-                vectors, assignment = aux["queries"], aux["query_assignment"]
-                if not self.share_qk:
-                    vectors = ops.concatenate([vectors, aux["keys"]], axis=2)
-                    assignment = ops.concatenate([assignment, aux["key_assignment"]], axis=2)
-                self.kmeans.update(vectors, assignment)
+                self.update_centroids(aux)
         return heads
+
+    def update_centroids(self, aux):
+        """The k-means step(s) of a training batch: from the queries, and with share_qk=False from the keys too
+        (see `key_update`). Assignments are those the routing used (the centroids before this batch)."""
+        queries, query_assignment = aux["queries"], aux["query_assignment"]
+        if self.share_qk:
+            self.kmeans.update(queries, query_assignment)
+        elif self.key_update == "joint":
+            self.kmeans.update(ops.concatenate([queries, aux["keys"]], axis=2),
+                               ops.concatenate([query_assignment, aux["key_assignment"]], axis=2))
+        else:
+            self.kmeans.update(queries, query_assignment)
+            self.kmeans.update(aux["keys"], aux["key_assignment"])
 
     # Incremental decoding: the routing heads use `routing_transformer.decoding`, the local heads common's local
     # decoder; centroids never move (no k-means update outside training).
@@ -385,8 +401,8 @@ class RoutingAttention(SelfAttention):
                       look_back=self.look_back, share_qk=self.share_qk, routing=self.routing,
                       max_relative_position=self.routing_max_relative_position,
                       local_relative=self.local_relative, routing_relative=self.routing_relative,
-                      decay=self.decay, beta=self.beta, require_coverage=self.require_coverage,
-                      head_projection=self.head_projection)
+                      decay=self.decay, beta=self.beta, key_update=self.key_update,
+                      require_coverage=self.require_coverage, head_projection=self.head_projection)
         return config
 
 

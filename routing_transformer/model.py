@@ -31,8 +31,9 @@ class RoutingTransformerLM(DecoderLM):
     `routing="balanced"` is the original's top-k routing, which is not strictly causal (see
     `routing_attention`); `routing="causal"` is strictly causal. `block_size` and `look_back` are the local
     heads' query block and the number of previous blocks they see (the original's `query_shape` and
-    `memory_flange / query_shape`). `mixed_precision` computes in bfloat16 with float32 variables, k-means
-    state, softmax and logits.
+    `memory_flange / query_shape`). With `share_qk=False`, `key_update` says whether keys make a k-means step
+    of their own ("separate", the original) or share the queries' ("joint"). `mixed_precision` computes in
+    bfloat16 with float32 variables, k-means state, softmax and logits.
 
     `target_dropout` replaces input ids by 0 in training (see `DecoderLM`; wikitext-103 uses 0.25).
     `channel_embeddings` embeds images flattened as `position_axes = (rows, columns, channels)` as the
@@ -47,8 +48,8 @@ class RoutingTransformerLM(DecoderLM):
                  max_relative_position=1024,
                  local_relative=True, routing_relative=True, skip_first=0, dropout=0.1, attention_dropout=0.0,
                  ffn_dropout=0.0, input_dropout=0.0, target_dropout=0.0, norm_epsilon=1e-6, decay=0.999, beta=1e-4,
-                 require_coverage=False, position_axes=None, channel_embeddings=False, initializer=None,
-                 mixed_precision=False, seed=None, **kwargs):
+                 key_update="separate", require_coverage=False, position_axes=None, channel_embeddings=False,
+                 initializer=None, mixed_precision=False, seed=None, **kwargs):
         num_heads = local_heads + routing_heads
         if num_heads < 1 or hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} must be divisible by local_heads + routing_heads = "
@@ -68,7 +69,7 @@ class RoutingTransformerLM(DecoderLM):
             local_relative=local_relative, routing_relative=routing_relative, skip_first=skip_first, dropout=dropout,
             attention_dropout=attention_dropout, ffn_dropout=ffn_dropout, input_dropout=input_dropout,
             target_dropout=target_dropout, norm_epsilon=norm_epsilon, decay=decay, beta=beta,
-            require_coverage=require_coverage,
+            key_update=key_update, require_coverage=require_coverage,
             position_axes=list(position_axes) if position_axes else None, channel_embeddings=channel_embeddings,
             initializer=keras.initializers.serialize(initializer), mixed_precision=mixed_precision, seed=seed)
         attention = []
@@ -80,7 +81,8 @@ class RoutingTransformerLM(DecoderLM):
                 num_clusters=num_clusters, window=window, block_size=block_size, look_back=look_back,
                 share_qk=share_qk, routing=routing, max_relative_position=max_relative_position,
                 local_relative=local_relative,
-                routing_relative=routing_relative, decay=decay, beta=beta, require_coverage=require_coverage,
+                routing_relative=routing_relative, decay=decay, beta=beta, key_update=key_update,
+                require_coverage=require_coverage,
                 dropout=attention_dropout, kernel_initializer=initializer,
                 seed=None if seed is None else seed + i, dtype=kwargs.get("dtype")))
         position_initializer = None

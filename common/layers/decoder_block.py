@@ -1,7 +1,9 @@
 """One Transformer decoder block: attention and feed-forward sub-layers with residuals, pre- or post-LN."""
 
 import keras
+from keras import ops
 
+from common import recompute
 from common.layers.autocast import autocast_weights
 from common.layers.normalization import LayerNorm
 from common.serialization import as_layer
@@ -21,9 +23,9 @@ class DecoderBlock(keras.layers.Layer):
       norm_epsilon: LayerNorm epsilon.
       dropout: residual dropout at the end of each sub-layer branch.
       remat: recompute each branch (norm and sub-layer; residual dropout stays outside) in the backward pass
-        instead of storing its activations (`keras.remat`): less memory, one more forward pass. The
-        sub-layers must then have no dropout of their own (the recompute would draw new masks) and no state
-        updates (they would run twice).
+        instead of storing its activations (`common.recompute.remat`): less memory, one more forward pass.
+        The sub-layers must then have no dropout of their own (the recompute would draw new masks); state
+        updates must skip the recompute (`common.recompute.is_recomputing`, as `OnlineKMeans` does).
     """
 
     def __init__(self, attention, feed_forward, norm_placement="pre", norm_epsilon=1e-6, dropout=0.0,
@@ -60,9 +62,26 @@ class DecoderBlock(keras.layers.Layer):
         return x + y if self.norm_placement == "pre" else norm(x + y)
 
     def _sublayer(self, x, layer, norm, training):
-        branch = lambda y: layer(self._branch_input(y, norm), training=training)  # noqa: E731
-        y = self.residual_dropout((keras.remat(branch) if self.remat else branch)(x), training=training)
-        return self._residual(x, y, norm)
+        if self.remat:
+            y = self._recomputed(x, layer, norm, training)
+        else:
+            y = layer(self._branch_input(x, norm), training=training)
+        return self._residual(x, self.residual_dropout(y, training=training), norm)
+
+    def _recomputed(self, x, layer, norm, training):
+        """The branch under `recompute.remat`. Its sub-layer's `add_loss` terms are computed in the forward pass,
+        outside the gradient's record: they keep their value in the sub-layer's losses, and a zero-valued term
+        here, `l - stop_gradient(l)` of the branch's returned losses, carries their gradient through the
+        recompute."""
+        def branch(y):
+            out = layer(self._branch_input(y, norm), training=training)
+            losses = layer.losses
+            return out, ops.sum(ops.stack(losses)) if losses else ops.zeros(())
+
+        y, losses = recompute.remat(branch)(x)
+        if layer.losses:
+            self.add_loss(losses - ops.stop_gradient(losses))
+        return y
 
     def call(self, x, training=None):
         x = self._sublayer(x, self.attention, self.attention_norm, training)

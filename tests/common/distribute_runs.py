@@ -31,12 +31,13 @@ def replica_gaps(variables):
 
 
 def kmeans_update(strategy):
-    """One OnlineKMeans training call on 2 replicas (each on half the batch) against one layer updated with the
-    whole batch: {"gap_to_single": largest |difference| of any state, "replica_gaps": {...}}."""
+    """One OnlineKMeans training call on 2 replicas (each on half the batch), and one under recomputation (its
+    forward pass and the recompute of a gradient), against one layer updated with the whole batch:
+    {"gap_to_single", "recomputed_gap_to_single": largest |difference| of any state, "replica_gaps": {...}}."""
     import numpy as np
     import tensorflow as tf
 
-    from common import distribute
+    from common import distribute, recompute
     from common.kmeans import OnlineKMeans
     from common.layers.normalization import layer_norm
 
@@ -44,17 +45,34 @@ def kmeans_update(strategy):
     single = OnlineKMeans(2, 3, decay=0.5, seed=5)
     single.build(x.shape)
     with strategy.scope():
-        mirrored = OnlineKMeans(2, 3, decay=0.5, seed=5)
+        mirrored, recomputed = OnlineKMeans(2, 3, decay=0.5, seed=5), OnlineKMeans(2, 3, decay=0.5, seed=5)
         mirrored.build(x.shape)
-    for source, target in zip(single.weights, mirrored.weights):
-        target.assign(source)
+        recomputed.build(x.shape)
+    for source, *targets in zip(single.weights, mirrored.weights, recomputed.weights):
+        for target in targets:
+            target.assign(source)
     single(x, training=True)
     tf.function(lambda batch: strategy.run(lambda share: mirrored(distribute.replica_share(share), training=True),
                                            args=(batch,)))(x)
-    gap = max(float(np.max(np.abs(np.asarray(copy) - np.asarray(want))))
-              for want, got in zip(single.weights, mirrored.weights) for copy in got.value.values)
+
+    def recomputed_step(batch):
+        """A gradient through `recompute.remat`, which calls the layer again in the recompute."""
+        share = distribute.replica_share(batch)
+        with tf.GradientTape() as tape:
+            tape.watch(share)
+            branch = recompute.remat(lambda y: tf.cast(recomputed(y, training=True), y.dtype)[..., None] * y)
+            out = branch(share)
+        return tape.gradient(out, share)
+
+    tf.function(lambda batch: strategy.run(recomputed_step, args=(batch,)))(x)
+
+    def gap_to_single(layer):
+        return max(float(np.max(np.abs(np.asarray(copy) - np.asarray(want))))
+                   for want, got in zip(single.weights, layer.weights) for copy in got.value.values)
+
     moved = float(np.max(np.abs(np.asarray(single.ema_count))))
-    return {"gap_to_single": gap, "ema_count_max": moved, "replica_gaps": replica_gaps(mirrored.weights)}
+    return {"gap_to_single": gap_to_single(mirrored), "recomputed_gap_to_single": gap_to_single(recomputed),
+            "ema_count_max": moved, "replica_gaps": replica_gaps(mirrored.weights + recomputed.weights)}
 
 
 def mirrored(spec):

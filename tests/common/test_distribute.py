@@ -92,11 +92,12 @@ def test_mirrored_replicas_hold_identical_copies(mirrored):
     assert all(gap == 0.0 for gap in gaps.values()), {name: gap for name, gap in gaps.items() if gap}
 
 
-def test_kmeans_update_on_replicas_is_the_update_of_the_concatenated_batch(mirrored):
+def test_kmeans_update_on_replicas_is_the_update_of_the_concatenated_batch_also_under_remat(mirrored):
     _, result = mirrored
     kmeans = result["kmeans"]
     assert kmeans["ema_count_max"] > 0  # the update happened
     assert kmeans["gap_to_single"] < 1e-5
+    assert kmeans["recomputed_gap_to_single"] < 1e-5  # one update, not a second one in the recompute
     assert set(kmeans["replica_gaps"].values()) == {0.0}
 
 

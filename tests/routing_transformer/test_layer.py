@@ -8,6 +8,8 @@ import tensorflow as tf
 import keras
 
 from common.attention import local_attention
+from common.kmeans import OnlineKMeans
+from common.layers import layer_norm
 from routing_transformer.attention import RoutingAttention, routing_attention
 from tests.layer_checks import check_config_round_trip, run_layer_checks, wrap_in_model
 
@@ -57,6 +59,34 @@ def test_jit_fit_step_moves_centroids_and_inference_does_not():
     np.testing.assert_allclose(after[2].sum(-1), (1 - 0.999) * BATCH * LENGTH, rtol=1e-4)
 
 
+@pytest.mark.parametrize("key_update", ["separate", "joint"])
+def test_keys_make_a_kmeans_step_of_their_own_unless_joint(key_update):
+    """share_qk=False: the original clusters queries and keys in two calls, two EMA steps per batch (queries,
+    then keys); "joint" makes one step from both. Assignments are the routing's (the centroids before)."""
+    x, decay = _x(4), 0.9
+    layer = RoutingAttention(local_heads=2, routing_heads=2,
+                             **dict(BASE, share_qk=False, key_update=key_update, decay=decay))
+    layer(x)
+    (q, k, v), _ = layer.split_heads(*layer.project_heads(tf.constant(x)))
+    _, aux = routing_attention(q, k, v, **layer.routing_options())
+    reference = OnlineKMeans(2, 2, decay=decay)
+    reference.build(q.shape)
+    reference.set_weights(layer.kmeans.get_weights())
+    if key_update == "separate":
+        reference.update(aux["queries"], aux["query_assignment"])
+        reference.update(aux["keys"], aux["key_assignment"])
+    else:
+        reference.update(tf.concat([aux["queries"], aux["keys"]], 2),
+                         tf.concat([aux["query_assignment"], aux["key_assignment"]], 2))
+    layer(x, training=True)
+    for want, got in zip(reference.weights, layer.kmeans.weights):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
+    # From zero counts: one step of 2 x BATCH x LENGTH tokens, or two steps of BATCH x LENGTH each.
+    tokens = BATCH * LENGTH
+    steps = (1 - decay) * (decay * tokens + tokens) if key_update == "separate" else (1 - decay) * 2 * tokens
+    np.testing.assert_allclose(np.asarray(layer.kmeans.ema_count).sum(-1), steps, rtol=1e-5)
+
+
 def _routed_q(layer, x):
     q = layer.project(tf.constant(x), layer.query)
     return q[:, :layer.routing_heads]
@@ -67,7 +97,6 @@ def test_commitment_loss_is_added_once_per_call_and_counts_queries_and_keys():
     layer = RoutingAttention(local_heads=2, routing_heads=2, **dict(BASE, beta=0.5))
     layer(x)
     assert len(layer.losses) == 1
-    from common.layers import layer_norm
     queries = layer_norm(_routed_q(layer, x))
     single = layer.kmeans.commitment_loss(queries, layer.kmeans.nearest(queries))
     np.testing.assert_allclose(float(layer.losses[0]), 2 * float(single), rtol=1e-6)
@@ -143,7 +172,8 @@ def test_head_projection_is_one_matrix_shared_by_heads():
 def test_config_round_trip_keeps_routing_options():
     options = dict(local_heads=3, routing_heads=1, key_dim=8, num_clusters=5, window=7, block_size=16,
                    look_back=2, share_qk=False, routing="balanced", max_relative_position=12,
-                   local_relative=False, routing_relative=True, decay=0.99, beta=0.01, require_coverage=True,
+                   local_relative=False, routing_relative=True, decay=0.99, beta=0.01, key_update="joint",
+                   require_coverage=True,
                    head_projection=False, value_dim=6, seed=9)
     layer = RoutingAttention(**options)
     check_config_round_trip(layer)
@@ -162,6 +192,7 @@ def test_config_round_trip_keeps_routing_options():
                                     dict(local_heads=1, routing_heads=1, num_clusters=0),
                                     dict(local_heads=1, routing_heads=1, window=0),
                                     dict(local_heads=1, routing_heads=1, routing="nearest"),
+                                    dict(local_heads=1, routing_heads=1, share_qk=False, key_update="both"),
                                     dict(local_heads=0, routing_heads=0)])
 def test_invalid_arguments_raise(kwargs):
     options = dict(BASE)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras
 
@@ -105,6 +106,48 @@ def test_jit_fit_step_moves_routing_centroids_and_round_trips():
     fresh(ids)
     assert not np.allclose(np.asarray(fresh.routing_layers()[0].kmeans.centroids),
                            np.asarray(routing[0].kmeans.centroids))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_remat_takes_the_kmeans_statistics_once_per_step(jit_compile):
+    """The recompute for the gradient does not update the centroids again (the original: `not is_recomputing`):
+    with remat the k-means state and the losses of several steps are those without it."""
+    batches = [_ids(seed) for seed in (5, 6, 7)]
+    runs = {}
+    for remat in (False, True):
+        model = _model(remat=remat, dropout=0.0)
+        model(batches[0])
+        if remat:
+            model.set_weights(runs[False]["initial"])
+        assert all(block.remat == remat for block in model.blocks)
+        initial = model.get_weights()
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LanguageModelLoss(), jit_compile=jit_compile)
+        losses = [float(model.train_on_batch(ids, ids)) for ids in batches]
+        state = [np.asarray(w) for layer in model.routing_layers() for w in layer.kmeans.weights]
+        runs[remat] = dict(initial=initial, losses=losses, state=state)
+    assert np.abs(runs[False]["state"][2]).max() > 0  # the statistics were taken
+    np.testing.assert_allclose(runs[True]["losses"], runs[False]["losses"], rtol=1e-5)
+    for got, want in zip(runs[True]["state"], runs[False]["state"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_remat_gives_the_gradients_of_the_plain_model():
+    """In training: the recompute routes with the centroids its forward pass read (not those the pass then
+    wrote; decay 0 moves them all the way), and the commitment loss (beta 1: a large part of the gradient),
+    added inside the recomputed branch, still has its gradient."""
+    ids = _ids(8)
+    gradients = {}
+    for remat in (False, True):
+        model = _model(remat=remat, dropout=0.0, decay=0.0, beta=1.0)
+        model(ids)
+        if remat:
+            model.set_weights(initial)
+        initial = model.get_weights()
+        with tf.GradientTape() as tape:
+            loss = LanguageModelLoss()(ids, model(ids, training=True)) + sum(model.losses)
+        gradients[remat] = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_weights)]
+    for weight, got, want in zip(model.trainable_weights, gradients[True], gradients[False]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=weight.path)
 
 
 def test_fit_loss_includes_commitment_losses():
