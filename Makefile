@@ -26,7 +26,7 @@ reproduce: install
 	$(PY) -m benchmarks.reproduce
 
 test: install
-	$(PY) -m pytest -n 2 --dist loadfile tests
+	$(PY) -m pytest -n 2 --dist loadfile --durations=30 tests
 
 test-fast: install
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" tests
