@@ -190,6 +190,7 @@ def claim_section(data, settings, claim, plot_path):
         lines.append(f"| {label} | {first['parameters']:,} | {first['learning_rate']:g} | {len(records)} | "
                      f"{first['steps']:,} | {first['tokens']:,} | {per_step[0]:.2f} | "
                      + ", ".join(f"{r['bits_per_byte']:.3f}" for r in records) + " |")
+    lines += budget_note(runs, held, claim)
     sweep = sweep_runs(data, settings, claim.name)
     if sweep:
         rates = sorted({lr for by_rate in sweep.values() for lr in by_rate})
@@ -210,6 +211,19 @@ def claim_section(data, settings, claim, plot_path):
     if plot_path:
         lines += ["", f"![{claim.title}: held-out bits/byte during training]({os.path.basename(plot_path)})"]
     return lines + [""]
+
+
+def budget_note(runs, held, claim):
+    """When even the best arm is still worse than xz -9 on the held-out bytes: a sentence saying that the runs
+    are too short for the claim (the models have learned little beyond byte statistics); else nothing."""
+    means = {arm: stats([r["bits_per_byte"] for r in records])[0] for arm, records in runs.items() if records}
+    if not held or not means or min(means.values()) <= held["xz_bits_per_byte"]:
+        return []
+    best = min(means, key=means.get)
+    return ["", f"Every arm is still worse than xz -9 on the same bytes (best: {claim.arms[best]}, "
+                f"{means[best]:.3f} against {held['xz_bits_per_byte']:.3f} bits/byte): at this budget the models "
+                "have learned little beyond byte statistics, so the quality comparisons test little of what the "
+                "claim is about; more --steps would."]
 
 
 def plot_claim(data, settings, claim, path):

@@ -142,6 +142,16 @@ def test_equal_time_interpolates_each_run_at_the_fastest_runs_steady_seconds():
     assert reproduce_report.interpolate([(1, 10.0, 5.0)], 3.0) is None  # before the first evaluation
 
 
+def test_a_claim_whose_arms_are_all_worse_than_xz_says_the_runs_are_too_short():
+    claim = claims.CLAIMS["routing"]
+    runs = {"local": [{"bits_per_byte": 3.5}, {"bits_per_byte": 3.6}], "routing_causal": [{"bits_per_byte": 3.4}]}
+    note = " ".join(reproduce_report.budget_note(runs, {"xz_bits_per_byte": 1.6}, claim))
+    assert claim.arms["routing_causal"] in note and "3.400 against 1.600" in note and "more --steps" in note
+    runs["routing_causal"] = [{"bits_per_byte": 1.5}]
+    assert reproduce_report.budget_note(runs, {"xz_bits_per_byte": 1.6}, claim) == []
+    assert reproduce_report.budget_note(runs, None, claim) == []
+
+
 def test_readme_section_is_replaced_and_the_rest_kept():
     text = f"# Title\n\nintro\n{reproduce_report.README_START}\nold\n{reproduce_report.README_END}\ntail\n"
     assert reproduce_report.replace_section(text, "new\n") == (
