@@ -37,6 +37,7 @@ import time
 
 from benchmarks import attention as harness
 from benchmarks import claims as claim_specs
+from benchmarks import quality  # at import: its gin configurables must exist before a config is parsed (and locked)
 from benchmarks import reproduce_report
 
 README = os.path.join(harness.REPO_ROOT, "README.md")
@@ -128,7 +129,6 @@ def train_run(settings, claim, arm, learning_rate, seed, data_dir=None):
 
 def held_out_text(settings, claim, data_dir=None):
     """The test-split bytes a claim's evaluation scores (its first eval_windows windows, unpadded)."""
-    from benchmarks import quality
     from common import train
 
     experiment = train.parse_config([], experiment_params(settings, claim, next(iter(claim_specs.CLAIMS[claim].arms)),

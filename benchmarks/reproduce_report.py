@@ -216,7 +216,8 @@ def claim_section(data, settings, claim, plot_path):
 def budget_note(runs, held, claim):
     """When even the best arm is still worse than xz -9 on the held-out bytes: a sentence saying that the runs
     are too short for the claim (the models have learned little beyond byte statistics); else nothing."""
-    means = {arm: stats([r["bits_per_byte"] for r in records])[0] for arm, records in runs.items() if records}
+    finite = {arm: stats([r["bits_per_byte"] for r in records]) for arm, records in runs.items()}
+    means = {arm: values[0] for arm, values in finite.items() if values}
     if not held or not means or min(means.values()) <= held["xz_bits_per_byte"]:
         return []
     best = min(means, key=means.get)

@@ -150,6 +150,8 @@ def test_a_claim_whose_arms_are_all_worse_than_xz_says_the_runs_are_too_short():
     runs["routing_causal"] = [{"bits_per_byte": 1.5}]
     assert reproduce_report.budget_note(runs, {"xz_bits_per_byte": 1.6}, claim) == []
     assert reproduce_report.budget_note(runs, None, claim) == []
+    runs = {"local": [{"bits_per_byte": float("nan")}], "routing_causal": [{"bits_per_byte": 3.4}]}
+    assert "3.400 against 1.600" in " ".join(reproduce_report.budget_note(runs, {"xz_bits_per_byte": 1.6}, claim))
 
 
 def test_readme_section_is_replaced_and_the_rest_kept():
