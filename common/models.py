@@ -30,6 +30,9 @@ class DecoderLM(keras.Model):
         `FeedForward`).
       embedding_dim: token embedding width; when it differs from hidden_dim, a dense layer (with bias) maps
         embeddings to hidden_dim and another maps the final hidden state back before the output head.
+      project_embeddings: True maps the embeddings through that dense layer even when embedding_dim equals
+        hidden_dim (tensor2tensor's `emb_dense`, which the Routing Transformer always applies); None only when
+        the widths differ.
       position_axes: None for no absolute positions (the Routing Transformer relies on relative attention),
         or the axis sizes of a learned factorised position embedding, e.g. (max_length,), (32, 32, 3).
       channel_embeddings: tensor2tensor's image embeddings (`get_channel_embeddings`,
@@ -40,7 +43,9 @@ class DecoderLM(keras.Model):
         sqrt(channels x hidden_dim). Untied output only.
       norm_placement: "pre" or "post" LayerNorm in the blocks; norm_epsilon its epsilon.
       final_norm: LayerNorm after the last block; default True for pre-LN, False for post-LN.
-      dropout: residual dropout; input_dropout: dropout on the input embeddings.
+      dropout: residual dropout; input_dropout: dropout on the first block's input (after the embedding
+        projection and positions); embedding_dropout: dropout on the looked-up embeddings, before the
+        projection (tensor2tensor's `hparams.dropout` in the Routing Transformer's `prepare_decoder`).
       target_dropout: in training, each input id is replaced by id 0 with this probability before the shift
         (tensor2tensor's `target_dropout`, where id 0 is padding); the targets scored by the loss are unchanged.
       tie_embeddings: the output head reuses the token embedding matrix.
@@ -59,7 +64,8 @@ class DecoderLM(keras.Model):
                  input_dropout=0.0, target_dropout=0.0, tie_embeddings=False, output_bias=True,
                  kernel_initializer="glorot_uniform", ffn_output_initializer=None,
                  embeddings_initializer="glorot_uniform", logits_initializer="glorot_uniform",
-                 position_initializer=None, seed=None, remat=False, **kwargs):
+                 position_initializer=None, seed=None, remat=False, embedding_dropout=0.0,
+                 project_embeddings=None, **kwargs):
         super().__init__(**kwargs)
         for name, value in (("vocabulary_size", vocabulary_size), ("num_layers", num_layers),
                             ("hidden_dim", hidden_dim), ("ffn_dim", ffn_dim)):
@@ -91,6 +97,8 @@ class DecoderLM(keras.Model):
         self.final_norm = (norm_placement == "pre") if final_norm is None else final_norm
         self.dropout = dropout
         self.input_dropout = input_dropout
+        self.embedding_dropout = embedding_dropout
+        self.project_embeddings = project_embeddings
         self.tie_embeddings = tie_embeddings
         self.output_bias = output_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -105,9 +113,10 @@ class DecoderLM(keras.Model):
             vocabulary_size * self.channels, self.embedding_dim, name="token_embedding", dtype=self.dtype_policy,
             embeddings_initializer=fresh_initializer(self.embeddings_initializer))
         self.embedding_projection = self.output_projection = None
-        if self.embedding_dim != hidden_dim:
+        if self.embedding_dim != hidden_dim or project_embeddings:
             self.embedding_projection = keras.layers.Dense(hidden_dim, name="embedding_projection",
                                                            dtype=self.dtype_policy)
+        if self.embedding_dim != hidden_dim:
             self.output_projection = keras.layers.Dense(self.embedding_dim, name="output_projection",
                                                         dtype=self.dtype_policy)
         self.position_embedding = None
@@ -118,6 +127,8 @@ class DecoderLM(keras.Model):
                                                                   dtype=self.dtype_policy)
         self.target_dropout_seed = keras.random.SeedGenerator(seed) if target_dropout else None
         self.input_dropout_layer = keras.layers.Dropout(input_dropout, seed=seed, dtype=self.dtype_policy)
+        self.embedding_dropout_layer = keras.layers.Dropout(
+            embedding_dropout, seed=None if seed is None else seed + 1, dtype=self.dtype_policy)
         # A tuple, not a list: tf.train.Checkpoint does not see layers in Keras 3's tracked lists (they would
         # only be saved by position; see common.train.untracked_variables).
         self.blocks = tuple(
@@ -149,6 +160,7 @@ class DecoderLM(keras.Model):
         hidden_shape = (batch, length, self.hidden_dim)
         if self.embedding_projection is not None:
             self.embedding_projection.build((batch, length, self.embedding_dim))
+        if self.output_projection is not None:
             self.output_projection.build(hidden_shape)
         if self.position_embedding is not None:
             self.position_embedding.build(hidden_shape)
@@ -187,7 +199,7 @@ class DecoderLM(keras.Model):
 
     def block_inputs(self, embeddings, offset=0, training=None):
         """Shifted embeddings [batch, length, embedding_dim] of positions offset.. -> the first block's input."""
-        x = embeddings
+        x = self.embedding_dropout_layer(embeddings, training=training)
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)
         if self.position_embedding is not None:
@@ -267,5 +279,6 @@ class DecoderLM(keras.Model):
             ffn_output_initializer=serialize(self.ffn_output_initializer),
             embeddings_initializer=serialize(self.embeddings_initializer),
             logits_initializer=serialize(self.logits_initializer),
-            position_initializer=serialize(self.position_initializer), seed=self.seed, remat=self.remat)
+            position_initializer=serialize(self.position_initializer), seed=self.seed, remat=self.remat,
+            embedding_dropout=self.embedding_dropout, project_embeddings=self.project_embeddings)
         return config

@@ -8,6 +8,12 @@ sides, an untied output layer with bias, `variance_scaling(0.2, fan_avg, uniform
 per-layer attention: the first `skip_first` layers use local heads only (local + routing heads count), the
 others `local_heads` local heads plus `routing_heads` routing heads. Options of the released hparams:
 `target_dropout` (text) and `channel_embeddings` (the image model `SparseImagetransformer`).
+
+The decoder input follows `prepare_decoder` and `transformer_decoder_layers`: embeddings, dropout
+`embedding_dropout` (T2T's `hparams.dropout`), the dense `emb_dense` (`project_embeddings=True`, as the
+papers' gin files set it, applies it even at equal widths so that a T2T checkpoint maps one-to-one), then
+dropout `input_dropout`, which defaults to the residual `dropout` (T2T's `layer_prepostprocess_dropout`, which
+the original always applies to the decoder input).
 """
 
 import math
@@ -47,9 +53,10 @@ class RoutingTransformerLM(DecoderLM):
                  window=1, block_size=256, look_back=1, share_qk=True, routing="balanced",
                  max_relative_position=1024,
                  local_relative=True, routing_relative=True, skip_first=0, dropout=0.1, attention_dropout=0.0,
-                 ffn_dropout=0.0, input_dropout=0.0, target_dropout=0.0, norm_epsilon=1e-6, decay=0.999, beta=1e-4,
+                 ffn_dropout=0.0, input_dropout=None, target_dropout=0.0, norm_epsilon=1e-6, decay=0.999, beta=1e-4,
                  key_update="separate", require_coverage=False, position_axes=None, channel_embeddings=False,
-                 initializer=None, mixed_precision=False, seed=None, **kwargs):
+                 initializer=None, mixed_precision=False, seed=None, embedding_dropout=0.0,
+                 project_embeddings=False, **kwargs):
         num_heads = local_heads + routing_heads
         if num_heads < 1 or hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} must be divisible by local_heads + routing_heads = "
@@ -68,6 +75,7 @@ class RoutingTransformerLM(DecoderLM):
             share_qk=share_qk, routing=routing, max_relative_position=max_relative_position,
             local_relative=local_relative, routing_relative=routing_relative, skip_first=skip_first, dropout=dropout,
             attention_dropout=attention_dropout, ffn_dropout=ffn_dropout, input_dropout=input_dropout,
+            embedding_dropout=embedding_dropout, project_embeddings=project_embeddings,
             target_dropout=target_dropout, norm_epsilon=norm_epsilon, decay=decay, beta=beta,
             key_update=key_update, require_coverage=require_coverage,
             position_axes=list(position_axes) if position_axes else None, channel_embeddings=channel_embeddings,
@@ -94,7 +102,9 @@ class RoutingTransformerLM(DecoderLM):
             ffn_dim=ffn_dim, ffn_activation=ffn_activation, ffn_use_bias=ffn_use_bias, ffn_dropout=ffn_dropout,
             embedding_dim=embedding_dim, position_axes=position_axes, channel_embeddings=channel_embeddings,
             norm_placement="post", norm_epsilon=norm_epsilon, final_norm=False, dropout=dropout,
-            input_dropout=input_dropout, target_dropout=target_dropout, tie_embeddings=False, output_bias=True,
+            input_dropout=dropout if input_dropout is None else input_dropout,
+            embedding_dropout=embedding_dropout, project_embeddings=project_embeddings, target_dropout=target_dropout,
+            tie_embeddings=False, output_bias=True,
             kernel_initializer=initializer, embeddings_initializer=initializer, logits_initializer=initializer,
             position_initializer=position_initializer, seed=seed, **kwargs)
 

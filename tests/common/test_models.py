@@ -166,6 +166,48 @@ def test_embedding_dim_differs_from_hidden_dim():
     assert same.embedding_projection is None and same.output_projection is None
 
 
+def test_project_embeddings_at_equal_widths_is_tensor2tensors_emb_dense():
+    """`project_embeddings=True` maps embeddings through a dense layer with bias even at equal widths (no map
+    back before the head): the block input is embeddings @ kernel + bias, and the model round-trips."""
+    ids = _ids(seed=9)
+    model = _model(project_embeddings=True)
+    model(ids)
+    assert tuple(model.embedding_projection.kernel.shape) == (HIDDEN, HIDDEN) and model.output_projection is None
+    assert model.count_params() == _built(_model(), ids).count_params() + HIDDEN * HIDDEN + HIDDEN
+    embeddings = np.asarray(model.embed(ids))
+    expected = embeddings @ np.asarray(model.embedding_projection.kernel) + np.asarray(model.embedding_projection.bias)
+    np.testing.assert_allclose(np.asarray(model.block_inputs(model.embed(ids))), expected, rtol=1e-5, atol=1e-6)
+    check_keras_round_trip(model, ids)
+
+
+def _built(model, ids):
+    model(ids)
+    return model
+
+
+def test_embedding_dropout_acts_before_the_projection_and_input_dropout_after():
+    """With a zero projection kernel, dropout before the projection cannot show: every block input is the bias;
+    dropout after it zeroes (or rescales) entries of that bias, at its rate, in training only."""
+    ids = _ids(seed=10, batch=8, length=64)
+    bias = np.linspace(1.0, 2.0, HIDDEN).astype(np.float32)
+
+    def block_inputs(training, **kwargs):
+        model = _built(_model(project_embeddings=True, **kwargs), ids)
+        model.embedding_projection.kernel.assign(np.zeros((HIDDEN, HIDDEN), np.float32))
+        model.embedding_projection.bias.assign(bias)
+        return np.asarray(model.block_inputs(model.embed(ids), training=training))
+
+    np.testing.assert_allclose(block_inputs(True, embedding_dropout=0.5), np.broadcast_to(bias, (8, 64, HIDDEN)))
+    dropped = block_inputs(True, input_dropout=0.5)
+    zero = dropped == 0
+    assert abs(zero.mean() - 0.5) < 0.03, zero.mean()
+    np.testing.assert_allclose(dropped[~zero], np.broadcast_to(2 * bias, dropped.shape)[~zero], rtol=1e-6)
+    np.testing.assert_allclose(block_inputs(False, input_dropout=0.5), np.broadcast_to(bias, (8, 64, HIDDEN)))
+    # Without a projection the embedding dropout does act on the block input.
+    model = _built(_model(embedding_dropout=0.5), ids)
+    assert (np.asarray(model.block_inputs(model.embed(ids), training=True)) == 0).mean() > 0.4
+
+
 def test_position_axes():
     ids = _ids(seed=8)
     model = _model(attention=_dense(), position_axes=(4, 8))

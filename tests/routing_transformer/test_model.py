@@ -174,6 +174,20 @@ def test_preset_config_round_trips():
     assert all(a.routing == "causal" and a.window == 8 and a.num_clusters == 4 for a in attention)
 
 
+def test_decoder_input_follows_prepare_decoder():
+    """The residual dropout also drops the decoder input unless input_dropout says otherwise (T2T's
+    layer_prepostprocess_dropout); embedding_dropout and project_embeddings (emb_dense) pass through and
+    round-trip."""
+    assert _model(dropout=0.3).input_dropout == 0.3
+    assert _model(dropout=0.3, input_dropout=0.0).input_dropout == 0.0
+    model = _model(hidden_dim=32, embedding_dim=None, embedding_dropout=0.4, project_embeddings=True)
+    assert model.embedding_dropout == 0.4 and model.embedding_projection is not None
+    assert model.output_projection is None
+    clone = RoutingTransformerLM.from_config(model.get_config())
+    assert (clone.embedding_dropout, clone.project_embeddings, clone.input_dropout) == (0.4, True, 0.1)
+    check_keras_round_trip(model, _ids(6))
+
+
 def test_weights_are_not_initialised_to_copies_of_each_other():
     """Distinct weights of one shape must not start identical (a reused seeded initialiser does that)."""
     model = _model()
