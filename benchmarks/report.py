@@ -383,17 +383,23 @@ def quality_section(results, plots, report_dir):
         return lines + [not_measured("quality"), ""]
     xz = data["xz_bits_per_byte"]  # None when no run finished
     if xz:
-        lines += [f"xz -9 compresses the same {data['held_out_bytes']:,} held-out bytes to {xz:.3f} bits/byte; "
-                  "this/xz below 1 beats it.", ""]
+        split = data["settings"].get("eval_split", "validation")
+        lines += [f"xz -9 compresses the same {data['held_out_bytes']:,} held-out bytes ({split} split) to {xz:.3f} "
+                  "bits/byte; this/xz below 1 beats it.", ""]
+    if data.get("matmul_flops_per_s"):
+        lines += [f"The machine's float32 matmul rate: {data['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s; the budget "
+                  "buys steps in proportion.", ""]
     rows = []
     for r in data["records"]:
         if not measured(r):
-            rows.append([r["config"], jit_name(r["jit"]), r["status"], "", "", "", "", ""])
+            rows.append([r["config"], jit_name(r["jit"]), r["status"], "", "", "", "", "", ""])
             continue
-        rows.append([r["config"], jit_name(r["jit"]), f"{r['steps']:,}", f"{r['tokens_per_s']:,.0f}",
+        rows.append([r["config"], jit_name(r["jit"]), f"{r['parameters']:,}" if "parameters" in r else "n/a",
+                     f"{r['steps']:,}", f"{r['tokens_per_s']:,.0f}",
                      number(r["train_wall_s"] / 60), number(r["train_cpu_s"] / 60), f"{r['bits_per_byte']:.3f}",
                      times(r["bits_per_byte"] / xz if xz else None)])
-    lines += table(["config", "jit", "steps", "tokens/s", "wall minutes", "CPU-minutes", "held-out bits/byte",
+    lines += table(["config", "jit", "parameters", "steps", "tokens/s", "wall minutes", "CPU-minutes",
+                    "held-out bits/byte",
                     "this/xz -9"], rows, text_columns=2) + [""]
     if "quality" in plots:
         lines += [image(plots["quality"], PLOT_CAPTIONS["quality"], report_dir), ""]
@@ -745,19 +751,23 @@ def headline(results):
 
 
 def quality_headline(results):
-    """The README's quality lines: held-out bits/byte of each run after the same budget, next to xz -9."""
+    """The README's quality lines: held-out bits/byte of each preset after the same budget, next to xz -9."""
     data = results["quality"]
     if not data or not data.get("xz_bits_per_byte"):
         return []
     xz = data["xz_bits_per_byte"]
     runs = sorted((r for r in data["records"] if measured(r)), key=lambda r: r["bits_per_byte"])
-    budget = data["settings"]["budget_s"]
-    return ["", f"Held-out bits/byte after {budget / 60:g} minutes of training each at "
-            f"{data['settings']['sequence_length']:,} tokens of context (`{data['command']}`); xz -9 on the same "
+    settings = data["settings"]
+    rate = data.get("matmul_flops_per_s")
+    machine = f" on a CPU doing {rate / 1e9:.0f} GFLOP/s of float32 matmul" if rate else ""
+    split = settings.get("eval_split", "validation")
+    return ["", f"Held-out ({split} split) bits/byte of each family's `cpu_small.gin` preset after "
+            f"{settings['budget_s'] / 60:g} minutes of training{machine} (`{data['command']}`); xz -9 on the same "
             f"{data['held_out_bytes']:,} bytes: {xz:.3f}:", "",
-            *table(["config", "jit", "steps", "held-out bits/byte", "this/xz -9"],
-                   [[r["config"], jit_name(r["jit"]), f"{r['steps']:,}", f"{r['bits_per_byte']:.3f}",
-                     times(r["bits_per_byte"] / xz)] for r in runs], text_columns=2)]
+            *table(["config", "jit", "parameters", "steps", "held-out bits/byte", "this/xz -9"],
+                   [[r["config"], jit_name(r["jit"]), f"{r['parameters']:,}" if "parameters" in r else "n/a",
+                     f"{r['steps']:,}", f"{r['bits_per_byte']:.3f}", times(r["bits_per_byte"] / xz)] for r in runs],
+                   text_columns=2)]
 
 
 def readme_summary(results, plots, report_path, readme_dir):

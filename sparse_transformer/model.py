@@ -62,6 +62,9 @@ class SparseTransformerLM(DecoderLM):
       dropout: at the end of each residual branch (the paper's only dropout).
       norm_epsilon: LayerNorm epsilon.
       remat: recompute attention and feed-forward in the backward pass instead of storing activations.
+      logits_initializer: of the untied output projection; "zeros" is the released image code's `logits_w=0`.
+        A zero head gives every weight below it a zero gradient at the first step and, at small sizes, holds
+        text models at the byte unigram for hundreds of steps (cpu_small.gin starts it random instead).
       query_chunk_size, ffn_chunk_size: compute attention and feed-forward in chunks of this many positions,
         each recomputed in the backward pass (see `sparse_attention`, `FeedForward`): with remat, what lets a
         small model train on a million tokens.
@@ -71,7 +74,8 @@ class SparseTransformerLM(DecoderLM):
     def __init__(self, vocabulary_size=256, num_layers=30, hidden_dim=512, num_heads=8, attention_schedule="fixed",
                  stride=128, summary=32, num_summary_patterns=1, max_length=12288, position_axes=None,
                  ffn_multiple=4.0, qk_ratio=1.0, dropout=0.0, norm_epsilon=1e-5, remat=False,
-                 query_chunk_size=None, ffn_chunk_size=None, mixed_precision=False, seed=None, **kwargs):
+                 query_chunk_size=None, ffn_chunk_size=None, mixed_precision=False, seed=None,
+                 logits_initializer="zeros", **kwargs):
         for name, value in (("num_layers", num_layers), ("num_heads", num_heads), ("hidden_dim", hidden_dim),
                             ("max_length", max_length)):
             checks.check_positive_int(name, value)
@@ -100,7 +104,8 @@ class SparseTransformerLM(DecoderLM):
             attention_schedule=attention_schedule, stride=stride, summary=summary,
             num_summary_patterns=num_summary_patterns, max_length=max_length, position_axes=list(position_axes),
             ffn_multiple=ffn_multiple, qk_ratio=qk_ratio, dropout=dropout, norm_epsilon=norm_epsilon, remat=remat,
-            query_chunk_size=query_chunk_size, ffn_chunk_size=ffn_chunk_size, mixed_precision=mixed_precision, seed=seed)
+            query_chunk_size=query_chunk_size, ffn_chunk_size=ffn_chunk_size, mixed_precision=mixed_precision,
+            seed=seed, logits_initializer=keras.initializers.serialize(keras.initializers.get(logits_initializer)))
 
         def variance(scale):
             return keras.initializers.VarianceScaling(scale, mode="fan_in", distribution="untruncated_normal")
@@ -123,7 +128,7 @@ class SparseTransformerLM(DecoderLM):
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.125 / math.sqrt(hidden_dim)),
             position_initializer=keras.initializers.RandomNormal(
                 stddev=0.125 / math.sqrt(hidden_dim * len(position_axes))),
-            logits_initializer="zeros", seed=seed, remat=remat, **kwargs)
+            logits_initializer=keras.initializers.get(logits_initializer), seed=seed, remat=remat, **kwargs)
 
     def get_config(self):
         base = super().get_config()

@@ -1,5 +1,6 @@
-"""benchmarks.quality: the training run it configures, the causal routing model, and one tiny end-to-end run whose
-xz figure and held-out bytes are checked against the validation split read directly."""
+"""benchmarks.quality: the runs it configures from the cpu_small presets, the held-out bytes they share, the
+target line of its report, and one tiny end-to-end run whose xz figure and held-out bytes are checked against
+the test split read directly."""
 
 import json
 import lzma
@@ -13,45 +14,83 @@ from common import data, train
 from tests.common.train_helpers import clean_gin, corpus  # noqa: F401  (fixtures)
 
 
-def test_training_run_is_bounded_by_the_budget_with_a_constant_rate_after_warm_up(clean_gin):
-    args = quality.parse_args(["--budget_s=42", "--eval_windows=3", "--jit=off"])
-    experiment = train.parse_config([], quality.experiment_params("sparse", False, args))
+def preset_experiment(config, args):
+    return train.parse_config([quality.PRESETS[config]], quality.experiment_params(config, None, args))
+
+
+def test_run_is_the_preset_bounded_by_the_budget_and_scored_on_the_test_split(clean_gin):
+    args = quality.parse_args(["--budget_s=42", "--eval_batches=3", "--jit=off"])
+    experiment = train.parse_config([quality.PRESETS["sparse"]], quality.experiment_params("sparse", False, args))
     assert experiment.train_seconds == 42 and experiment.eval_batches == 3 and not experiment.jit_compile
-    assert experiment.sequence_length == 4096 and experiment.batch_size == 1
-    assert gin.query_parameter("build_model.config") == "sparse"
-    rates = [float(experiment.learning_rate(step)) for step in (25, 50, 10_000, 10_000_000)]
-    assert rates[0] == pytest.approx(5e-4) and rates[1:] == pytest.approx([1e-3] * 3)
+    assert experiment.eval_split == "test"
+    assert experiment.train_steps == experiment.learning_rate.total_steps > 100
+    # The learning rate warms up, peaks, and decays over the preset's steps.
+    peak = gin.query_parameter("WarmupCosine.peak")
+    warmup = gin.query_parameter("WarmupCosine.warmup_steps")
+    rates = [float(experiment.learning_rate(step)) for step in (warmup // 2, warmup, experiment.train_steps)]
+    assert rates[0] == pytest.approx(peak / 2) and rates[1] == pytest.approx(peak) and rates[2] < peak / 5
 
 
-def test_routing_model_assigns_causally_and_the_vocabulary_is_checked():
-    model = quality.build_model(256, config="routing", length=512)
-    routing_layers = [layer for layer in model._flatten_layers() if hasattr(layer, "routing_heads")]
+@pytest.mark.parametrize("config", sorted(quality.PRESETS))
+def test_every_preset_trains_on_the_same_windows_and_batches(clean_gin, config):
+    """The held-out bytes are batches of the preset's windows: equal shapes make every run score the same bytes."""
+    args = quality.parse_args([])
+    experiment = preset_experiment(config, args)
+    reference = preset_experiment("routing", args)
+    assert (experiment.sequence_length, experiment.batch_size) == (reference.sequence_length, reference.batch_size)
+    assert experiment.jit_compile and experiment.dataset == "local_text"
+
+
+def test_routing_preset_assigns_causally_and_dense_attends_everywhere(clean_gin):
+    args = quality.parse_args([])
+    model = preset_experiment("routing", args).model(vocabulary_size=256)
+    routing_layers = [layer for layer in model._flatten_layers() if getattr(layer, "routing_heads", 0)]
     assert routing_layers and all(layer.routing == "causal" for layer in routing_layers)
-    with pytest.raises(ValueError, match="byte vocabulary"):
-        quality.build_model(300, config="dense", length=512)
+    dense = preset_experiment("dense", args).model(vocabulary_size=256)
+    assert set(dense.preset["attention_schedule"].split(",")) == {"a"}
+    assert preset_experiment("sparse", args).model(vocabulary_size=256).preset["attention_schedule"] == "fixed"
 
 
-def test_unknown_config_is_refused():
-    with pytest.raises(SystemExit):
-        quality.parse_args(["--configs=dense,flash"])
+def test_target_line_names_the_best_family_and_the_gap():
+    records = [{"config": c, "status": "ok", "bits_per_byte": b} for c, b in
+               (("routing", 1.75), ("sparse", 1.90), ("combiner", 1.80), ("dense", 3.0))]
+    (line,) = quality.target_lines(records, xz=1.70)
+    assert "**met** (routing, 1.750)" in line and "**yes** (worst sparse, +8.6%)" in line
+    assert line.endswith("below xz -9: **no**.")
+    records[0]["bits_per_byte"] = 1.60
+    (line,) = quality.target_lines(records, xz=1.70)
+    assert "10% of the best: **no**" in line and line.endswith("below xz -9: **yes**.")
+
+
+@pytest.mark.parametrize("argv, message", [(["--configs=dense,flash"], "unknown config"),
+                                           (["--budget_s=0"], "--budget_s must be > 0")])
+def test_bad_arguments_are_refused_in_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        quality.parse_args(argv)
+    assert exit_info.value.code != 0 and message in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_tiny_run_scores_the_validation_bytes_against_xz(corpus, tmp_path):  # noqa: F811
+def test_tiny_run_scores_the_test_bytes_against_xz(corpus, tmp_path):  # noqa: F811
     text_dir, data_dir = corpus
     stem = str(tmp_path / "quality")
-    quality.main(["--configs=combiner", "--jit=off", "--budget_s=3", "--eval_windows=4", "--sequence_length=256",
+    quality.main(["--configs=combiner", "--jit=off", "--budget_s=3", "--eval_batches=2",
+                  "--gin_param=Experiment.batch_size = 2",
                   f"--data_dir={data_dir}", f"--local_text_dir={text_dir}", f"--output={stem}"])
     with open(stem + ".json") as f:
         results = json.load(f)
     (record,) = results["records"]
     assert record["status"] == "ok", record
     assert record["steps"] >= 1 and record["curve"] and 0 < record["bits_per_byte"] < 16
-    # The held-out bytes are the validation files, in order, unpadded; xz -9 is computed on exactly them.
-    validation = b"".join(bytes(t) for t in data.raw_split("local_text", "validation", data_dir=data_dir,
-                                                            local_text_dir=text_dir).as_numpy_iterator())
-    held_out = validation[:4 * 256]
+    assert record["preset"] == "combiner/cpu_small.gin" and record["jit"] is False and record["parameters"] > 0
+    assert results["matmul_flops_per_s"] > 0 and results["settings"]["eval_split"] == "test"
+    # The held-out bytes are the test files, in order, unpadded; xz -9 is computed on exactly them.
+    test_split = b"".join(bytes(t) for t in data.raw_split("local_text", "test", data_dir=data_dir,
+                                                           local_text_dir=text_dir).as_numpy_iterator())
+    held_out = test_split[:2 * 2 * record["sequence_length"]]
     assert record["held_out_bytes"] == record["held_out_tokens"] == len(held_out)
     assert math.isclose(results["xz_bits_per_byte"], 8 * len(lzma.compress(held_out, preset=9)) / len(held_out))
     with open(stem + ".md") as f:
-        assert f"| combiner | off | {record['steps']:,} |" in f.read()
+        report = f.read()
+    assert f"| combiner | off | {record['parameters']:,} | {record['steps']:,} |" in report
+    assert "- Target: the best family at most 1.80 bits/byte" in report

@@ -70,14 +70,16 @@ def families_input():
 
 
 def quality_input():
-    records = [{"config": config, "jit": jit, "status": "ok", "steps": 1200, "train_wall_s": 600.0,
+    records = [{"config": config, "jit": jit, "status": "ok", "parameters": 1_000_000, "steps": 1200,
+                "train_wall_s": 600.0,
                 "train_cpu_s": 1150.0, "tokens_per_s": 8000.0, "bits_per_byte": 2.0 + 0.1 * i,
                 "curve": [[60.0 * t, 8.0 / (1 + t) + 1.8 + 0.1 * i] for t in range(11)]}
                for i, (config, jit) in enumerate((c, j) for c in ("dense", "routing", "sparse", "combiner")
                                                  for j in (True, False))]
     records[-1] = {"config": "combiner", "jit": False, "status": "timeout"}
     return {"machine": "Test CPU, 2 cores", "command": "python -m benchmarks.quality", "date": "2026-11-25",
-            "settings": {"sequence_length": 4096, "budget_s": 600.0, "model": "2 layers, d=512"},
+            "matmul_flops_per_s": 5.0e10,
+            "settings": {"sequence_length": 256, "budget_s": 600.0, "eval_split": "test"},
             "held_out_bytes": 100000, "xz_bits_per_byte": 2.5, "records": records}
 
 
@@ -142,7 +144,8 @@ def test_families_quality_and_decoding_tables(synthetic):
     assert "| routing | 1,024 | 4,096 | 400 | 0.400 | 0.72x | 1.00x | 0.80x | 0.75x |" in section(
         text, "Training step of each family")
     quality = section(text, "Held-out quality after a fixed training budget")
-    assert "| dense | on | 1,200 | 8,000 | 10.0 | 19.2 | 2.000 | 0.80x |" in quality  # 2.0 / xz's 2.5
+    assert "| dense | on | 1,000,000 | 1,200 | 8,000 | 10.0 | 19.2 | 2.000 | 0.80x |" in quality  # 2.0 / xz's 2.5
+    assert "(test split) to 2.500 bits/byte" in quality and "matmul rate: 50 GFLOP/s" in quality
     assert "| combiner | off | timeout |" in quality
     decoding = section(text, "Generation: cached decoding against the full pass")
     assert "| strided | 4,096 | 2.00 | 200 | 100x |" in decoding
@@ -186,8 +189,9 @@ def test_readme_summary_replaces_only_the_marked_part(synthetic):
     # The headline at 4k (the longest length, dense measured there): 1 s per step of 4,096 tokens.
     assert "| routing | 4,096 | off | 4,096 | 1,600 |" in summary and "| routing | 1,024 |" not in summary
     # Quality: the measured runs best first against xz -9 (2.5 bits/byte); the timed-out run is left out.
-    assert "after 10 minutes of training each" in summary and "100,000 bytes: 2.500" in summary
-    assert "| dense | on | 1,200 | 2.000 | 0.80x |" in summary and "timeout" not in summary
+    assert ("Held-out (test split) bits/byte of each family's `cpu_small.gin` preset after 10 minutes of training "
+            "on a CPU doing 50 GFLOP/s of float32 matmul" in summary and "100,000 bytes: 2.500" in summary)
+    assert "| dense | on | 1,000,000 | 1,200 | 2.000 | 0.80x |" in summary and "timeout" not in summary
     assert all(f"(results/plots/{name}.png)" in summary for name in PLOTS)
 
 

@@ -258,6 +258,26 @@ def test_config_round_trips():
     assert [block.attention.pattern for block in clone.blocks] == ["local", "strided"]
 
 
+def test_a_random_output_head_gives_the_layers_below_a_gradient_at_the_first_step():
+    """The released zero head (the default) passes no gradient below it on the first step; the option
+    `logits_initializer` (cpu_small.gin: glorot_uniform) does, and round-trips."""
+    ids = _ids(8)
+
+    def gradients(model):
+        with tf.GradientTape() as tape:
+            logits = model(ids, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ids, logits))
+        variables = [model.token_embedding.embeddings, model.blocks[0].feed_forward.trainable_weights[0]]
+        return [float(tf.norm(g)) for g in tape.gradient(loss, variables)]
+
+    assert gradients(_model()) == [0.0, 0.0]
+    model = _model(logits_initializer="glorot_uniform")
+    assert all(g > 0 for g in gradients(model)) and np.asarray(model.logits_layer.kernel).std() > 0.05
+    clone = SparseTransformerLM.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    check_keras_round_trip(model, ids)
+
+
 # --- schedules ----------------------------------------------------------------------------------------------
 
 def test_parse_schedule_interleaves_entries_over_the_layers():
