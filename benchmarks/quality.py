@@ -193,7 +193,7 @@ def main(argv=None):
         result = train_and_score(args.worker, jits[0], args)
         print(harness.RESULT_TAG + json.dumps(result), flush=True)
         return
-    command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python -m benchmarks.quality", *(sys.argv[1:] if argv is None else argv)])
     date = datetime.datetime.now().isoformat(timespec="seconds")
     start = time.time()
     peak = families.measure_peak(repeats=5)
