@@ -84,16 +84,15 @@ def train_and_score(config, jit, args):
     experiment = train.parse_config([PRESETS[config]], experiment_params(config, jit, args))
     with tempfile.TemporaryDirectory(prefix=f"quality_{config}_") as model_dir:
         start_wall, start_cpu = time.time(), harness.process_cpu_s()
-        train.train(experiment, model_dir)
+        model = train.train(experiment, model_dir)
         train_wall, train_cpu = time.time() - start_wall, harness.process_cpu_s() - start_cpu
         checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
         steps = int(tf.train.load_variable(checkpoint, "step/.ATTRIBUTES/VARIABLE_VALUE"))
         results = train.evaluate(experiment, model_dir)
         curve = training_curve(os.path.join(model_dir, "train"), start_wall)
-        parameters = train.build_model(experiment)[0].count_params()
     text = held_out_bytes(experiment, experiment.eval_batches)
     tokens_per_step = experiment.batch_size * experiment.sequence_length
-    return {"preset": PRESETS[config], "jit": experiment.jit_compile, "parameters": parameters,
+    return {"preset": PRESETS[config], "jit": experiment.jit_compile, "parameters": model.count_params(),
             "sequence_length": experiment.sequence_length, "batch_size": experiment.batch_size,
             "train_steps": experiment.train_steps, "steps": steps, "train_wall_s": train_wall,
             "train_cpu_s": train_cpu, "tokens_per_s": steps * tokens_per_step / train_wall,

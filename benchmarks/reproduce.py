@@ -37,7 +37,7 @@ import time
 
 from benchmarks import attention as harness
 from benchmarks import claims as claim_specs
-from benchmarks import quality  # at import: its gin configurables must exist before a config is parsed (and locked)
+from benchmarks import quality
 from benchmarks import reproduce_report
 
 README = os.path.join(harness.REPO_ROOT, "README.md")

@@ -99,13 +99,14 @@ class SparseTransformerLM(DecoderLM):
                              f"than max_length {max_length}.")
         if mixed_precision:
             kwargs["dtype"] = "mixed_bfloat16"
+        logits_initializer = keras.initializers.get(logits_initializer)
         self.preset = dict(
             vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=hidden_dim, num_heads=num_heads,
             attention_schedule=attention_schedule, stride=stride, summary=summary,
             num_summary_patterns=num_summary_patterns, max_length=max_length, position_axes=list(position_axes),
             ffn_multiple=ffn_multiple, qk_ratio=qk_ratio, dropout=dropout, norm_epsilon=norm_epsilon, remat=remat,
             query_chunk_size=query_chunk_size, ffn_chunk_size=ffn_chunk_size, mixed_precision=mixed_precision,
-            seed=seed, logits_initializer=keras.initializers.serialize(keras.initializers.get(logits_initializer)))
+            seed=seed, logits_initializer=keras.initializers.serialize(logits_initializer))
 
         def variance(scale):
             return keras.initializers.VarianceScaling(scale, mode="fan_in", distribution="untruncated_normal")
@@ -128,7 +129,7 @@ class SparseTransformerLM(DecoderLM):
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.125 / math.sqrt(hidden_dim)),
             position_initializer=keras.initializers.RandomNormal(
                 stddev=0.125 / math.sqrt(hidden_dim * len(position_axes))),
-            logits_initializer=keras.initializers.get(logits_initializer), seed=seed, remat=remat, **kwargs)
+            logits_initializer=logits_initializer, seed=seed, remat=remat, **kwargs)
 
     def get_config(self):
         base = super().get_config()
