@@ -60,6 +60,7 @@ class Claim:
     comparisons: tuple
     sizes: dict  # "full" / "quick" -> Size
     source: str
+    revision: int = 1  # raised when an arm's model changes, so that runs of the old models are not reused
 
 
 MATCH_TOLERANCE = 0.02  # "matches": at most 2% more bits than the baseline (the paper's fixed vs dense gap is 1%)
@@ -98,6 +99,7 @@ CLAIMS = {
         sizes={"full": Size(layers=4, width=128, heads=4, sequence_length=2048, batch_size=2, block=64),
                "quick": Size(layers=2, width=32, heads=2, sequence_length=128, batch_size=2, block=16, summary=4)},
         source="Child et al. 2019, Table 2; reference notes, sparse_transformer.md section 3",
+        revision=2,  # 2: random output head (revision 1's zero head kept every arm at the byte unigram)
     ),
     "combiner": Claim(
         name="combiner",
@@ -138,12 +140,15 @@ def routing_model(size, arm, seed):
 
 
 def sparse_model(size, arm, seed):
-    """Sparse Transformer preset (pre-LN, deep init): `all`, `fixed` (stride, summary) or `local+strided`."""
+    """Sparse Transformer preset (pre-LN, deep init): `all`, `fixed` (stride, summary) or `local+strided`.
+    The output head starts random, as in the cpu_small preset: the released image code's zero head gives every
+    weight below it a zero first gradient, and at this size the model then stays at the byte unigram for
+    hundreds of steps."""
     schedule = {"dense": "all", "fixed": "fixed", "strided": "local+strided"}[arm]
     return SparseTransformerLM(
         vocabulary_size=VOCABULARY, num_layers=size.layers, hidden_dim=size.width, num_heads=size.heads,
         attention_schedule=schedule, stride=size.block, summary=size.summary, max_length=size.sequence_length,
-        dropout=0.0, seed=seed)
+        logits_initializer="glorot_uniform", dropout=0.0, seed=seed)
 
 
 def combiner_ffn_width(size, variant):
@@ -186,6 +191,12 @@ def build_arm(vocabulary_size, claim=gin.REQUIRED, arm=gin.REQUIRED, scale="full
     if arm not in CLAIMS[claim].arms:
         raise ValueError(f"claim {claim!r} has no arm {arm!r}; arms: {', '.join(CLAIMS[claim].arms)}")
     return BUILDERS[claim](CLAIMS[claim].sizes[scale], arm, seed)
+
+
+def runs_key(settings_key, claim):
+    """What ends the keys of `claim`'s runs: the settings' key, and the claim's revision after the first."""
+    revision = CLAIMS[claim].revision
+    return settings_key if revision == 1 else f"{settings_key}.r{revision}"
 
 
 def trainable_parameters(claim, arm, scale):

@@ -65,7 +65,7 @@ class Settings:
 
 
 def run_key(settings, claim, arm, learning_rate, seed):
-    return f"{claim}/{arm}/lr={learning_rate:g}/seed={seed}/{settings.key()}"
+    return f"{claim}/{arm}/lr={learning_rate:g}/seed={seed}/{claim_specs.runs_key(settings.key(), claim)}"
 
 
 def experiment_params(settings, claim, arm, learning_rate, seed, data_dir=None):

@@ -28,7 +28,7 @@ def best_rate(sweep):
 
 def sweep_runs(data, settings, claim):
     """{arm: {learning_rate: record}} of the seed-0 runs (the sweep) of `claim` under `settings`."""
-    key = settings.key()
+    key = claim_specs.runs_key(settings.key(), claim)
     sweep = {}
     for run_key, record in data["runs"].items():
         if run_key.endswith(key) and record.get("claim") == claim and record.get("seed") == 0:
@@ -39,7 +39,7 @@ def sweep_runs(data, settings, claim):
 def main_runs(data, settings, claim):
     """{arm: [record of each seed, by seed]}: the finished runs of `claim` under `settings` at each arm's rate
     chosen by the sweep."""
-    key = settings.key()
+    key = claim_specs.runs_key(settings.key(), claim)
     rates = {arm: best_rate(list(by_rate.values())) for arm, by_rate in sweep_runs(data, settings, claim).items()
              if all(by_rate.get(lr, {}).get("status") == "ok" for lr in settings.learning_rates)}
     runs = {}
