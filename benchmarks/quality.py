@@ -66,15 +66,6 @@ def training_curve(train_dir, start_time):
     return sorted(points)
 
 
-def held_out_bytes(experiment, eval_batches):
-    """The bytes the evaluation scores: the first `eval_batches` batches of the evaluation split, unpadded."""
-    from common import train
-
-    dataset = train.make_dataset(experiment, experiment.eval_split, training=False).take(eval_batches)
-    return b"".join(bytes(batch["token_ids"].numpy()[batch["weights"].numpy() > 0].astype("uint8").tolist())
-                    for batch in dataset)
-
-
 def train_and_score(config, jit, args):
     """Trains one (config, jit) for the budget in this process, then scores the held-out windows."""
     import tensorflow as tf
@@ -90,7 +81,7 @@ def train_and_score(config, jit, args):
         steps = int(tf.train.load_variable(checkpoint, "step/.ATTRIBUTES/VARIABLE_VALUE"))
         results = train.evaluate(experiment, model_dir)
         curve = training_curve(os.path.join(model_dir, "train"), start_wall)
-    text = held_out_bytes(experiment, experiment.eval_batches)
+    text = train.evaluated_bytes(experiment)
     tokens_per_step = experiment.batch_size * experiment.sequence_length
     return {"preset": PRESETS[config], "jit": experiment.jit_compile, "parameters": model.count_params(),
             "sequence_length": experiment.sequence_length, "batch_size": experiment.batch_size,

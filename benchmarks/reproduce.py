@@ -37,7 +37,6 @@ import time
 
 from benchmarks import attention as harness
 from benchmarks import claims as claim_specs
-from benchmarks import quality
 from benchmarks import reproduce_report
 
 README = os.path.join(harness.REPO_ROOT, "README.md")
@@ -133,7 +132,7 @@ def held_out_text(settings, claim, data_dir=None):
 
     experiment = train.parse_config([], experiment_params(settings, claim, next(iter(claim_specs.CLAIMS[claim].arms)),
                                                            1e-3, 0, data_dir))
-    return quality.held_out_bytes(experiment, experiment.eval_batches)
+    return train.evaluated_bytes(experiment)
 
 
 def split_sizes(settings, data_dir=None):

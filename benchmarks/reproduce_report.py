@@ -174,6 +174,9 @@ def claim_section(data, settings, claim, plot_path):
              f"Every arm: {size.layers} layers, width {size.width}, {size.heads} heads, context "
              f"{size.sequence_length:,}, batch {size.batch_size}, block/window/segment {size.block}; "
              f"source of the paper's numbers: {claim.source}.", ""]
+    if claim.revision > 1:
+        lines += [f"Revision {claim.revision} of these arms: {claim.revision_note}. Runs of earlier revisions stay in "
+                  "the JSON and are not reported.", ""]
     held = data.get("held_out", {}).get(f"{claim.name}/{settings.key()}")
     if held:
         lines += [f"Held-out: {held['bytes']:,} bytes of the test split; xz -9 on the same bytes: "

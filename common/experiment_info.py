@@ -83,13 +83,15 @@ def describe(experiment):
     parameters = model.count_params()
     trainable = sum(math.prod(shape) for shape in shapes)
     optimizer = getattr(experiment.optimizer, "__name__", type(experiment.optimizer).__name__)
+    # A moving average of the weights (`use_ema`, for Experiment.eval_ema) is one more copy of them.
+    keeps_average = getattr(experiment.optimizer(learning_rate=1e-3), "use_ema", False)
     num_layers, hidden_dim = int(model.num_layers), int(model.hidden_dim)
     return ExperimentInfo(
         model=type(model).__name__, dataset=experiment.dataset, sequence_length=experiment.sequence_length,
         batch_size=experiment.batch_size, vocabulary_size=info.vocabulary_size, num_layers=num_layers,
         hidden_dim=hidden_dim, parameters=parameters, optimizer=optimizer,
         weight_bytes=FLOAT_BYTES * parameters, gradient_bytes=FLOAT_BYTES * trainable,
-        optimizer_bytes=FLOAT_BYTES * optimizer_slots(optimizer, shapes),
+        optimizer_bytes=FLOAT_BYTES * (optimizer_slots(optimizer, shapes) + (trainable if keeps_average else 0)),
         residual_stream_bytes=FLOAT_BYTES * experiment.batch_size * experiment.sequence_length * hidden_dim
         * (num_layers + 1))
 

@@ -19,11 +19,15 @@ import math
 import os
 import sys
 
-import keras
-import tensorflow as tf
-from absl import app, flags
+if __name__ == "__main__":  # the command line: native log lines kept off the console (common.console)
+    from common import console
+    console.quiet_native_logs()
 
-from common import sample, train
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from common import sample, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -50,8 +54,17 @@ def model_max_length(model):
     return model.position_embedding.max_length if model.position_embedding is not None else None
 
 
+def batch_by_length(ids, name):
+    """`ids` checked at run time to be [batch, length]: the signature's static shape is not checked by a served
+    call, and a 1-D request would otherwise fail deep in the graph ("slice index 1 of dimension 0 out of
+    bounds"). The error names the input and the expected shape."""
+    return tf.ensure_shape(ids, [None, None], name=f"{name}_must_be_batch_by_length")
+
+
 def checked_token_ids(token_ids, vocabulary_size, max_length):
-    """token_ids after assertions that they are in the vocabulary and no longer than max_length."""
+    """token_ids after assertions that they are [batch, length], in the vocabulary and no longer than
+    max_length."""
+    token_ids = batch_by_length(token_ids, "token_ids")
     checks = [sample.check_token_ids(token_ids, vocabulary_size, "token_ids")]
     if max_length is not None:
         checks.append(tf.debugging.assert_less_equal(
@@ -84,6 +97,7 @@ def export_saved_model(model, export_dir, max_length=None):
                 "bits_per_token": -tf.reduce_mean(per_token, axis=1) / math.log(2.0)}
 
     def generate(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_id):
+        prompt_ids = batch_by_length(prompt_ids, "prompt_ids")
         ids = sample.generate(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_id,
                               max_length=max_length)
         return {"generated_ids": ids}

@@ -22,6 +22,8 @@ first replica (aggregation ONLY_FIRST_REPLICA), so they stay identical on every 
 its forward pass read.
 """
 
+import random
+
 import keras
 from keras import ops
 
@@ -62,13 +64,19 @@ class OnlineKMeans(keras.layers.Layer):
         if dim is None:
             raise ValueError(f"OnlineKMeans needs a known last dimension; got input shape {input_shape}.")
         shape = (self.num_heads, self.num_clusters, dim)
-        initial = layer_norm(keras.random.normal(shape, seed=self.seed))
+        # Both variables start at layer_norm(normal()) of one seed. The draw happens in each initializer, which
+        # Keras may run late, inside whatever graph first reads the variable (`fit` on an unbuilt model): a
+        # stateless draw from an integer seed gives both the same value wherever it runs.
+        seed = self.seed if self.seed is not None else random.randrange(2**31)  # keras.utils.set_random_seed fixes it
+
+        def initial(shape, dtype=None):
+            return layer_norm(keras.random.normal(shape, seed=seed))
+
         # Read in float32 under mixed precision (no autocast); every replica computes the same update from the
         # summed statistics and the first one's is written.
         state = dict(trainable=False, autocast=False, aggregation="only_first_replica")
-        self.centroids = self.add_weight(name="centroids", shape=shape, initializer=lambda *_, **__: initial,
-                                         **state)
-        self.ema_sum = self.add_weight(name="ema_sum", shape=shape, initializer=lambda *_, **__: initial, **state)
+        self.centroids = self.add_weight(name="centroids", shape=shape, initializer=initial, **state)
+        self.ema_sum = self.add_weight(name="ema_sum", shape=shape, initializer=initial, **state)
         self.ema_count = self.add_weight(name="ema_count", shape=shape[:2], initializer="zeros", **state)
 
     def current_centroids(self):

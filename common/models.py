@@ -71,6 +71,11 @@ class DecoderLM(keras.Model):
                             ("hidden_dim", hidden_dim), ("ffn_dim", ffn_dim)):
             checks.check_positive_int(name, value)
         attention_list = list(attention) if isinstance(attention, (list, tuple)) else [attention] * num_layers
+        not_layers = [layer for layer in attention_list  # layers, or serialised ones (from_config)
+                      if not isinstance(layer, (keras.layers.Layer, dict))]
+        if not_layers:
+            raise ValueError("attention must be an attention layer or a list of num_layers attention layers; got "
+                             f"{type(not_layers[0]).__name__}.")
         if len(attention_list) != num_layers:
             raise ValueError(f"attention must be one layer or a list of num_layers={num_layers} layers; got "
                              f"{len(attention_list)}.")
@@ -224,6 +229,9 @@ class DecoderLM(keras.Model):
     def call(self, token_ids, training=None):
         if len(token_ids.shape) != 2:
             raise ValueError(f"DecoderLM expects token ids [batch, length]; got shape {tuple(token_ids.shape)}.")
+        dtype = keras.backend.standardize_dtype(token_ids.dtype)
+        if "int" not in dtype:  # an embedding lookup would truncate 1.5 to 1 without a word
+            raise TypeError(f"DecoderLM expects integer token ids; got dtype {dtype}.")
         x = self.block_inputs(self.embed(self.drop_targets(token_ids, training)), training=training)
         for block in self.blocks:
             x = block(x, training=training)

@@ -14,10 +14,14 @@ The same graph is the SavedModel's `generate` signature (`common.export`).
 import os
 import sys
 
-import tensorflow as tf
-from absl import app, flags
+if __name__ == "__main__":  # the command line: native log lines kept off the console (common.console)
+    from common import console
+    console.quiet_native_logs()
 
-from common import train
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from common import train  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -169,10 +173,8 @@ def load_trained_model(model_dir):
     experiment = train.parse_config([config], [])
     model, _ = train.build_model(experiment)
     checkpoint = tf.train.Checkpoint(**train.model_objects(model))
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=None)
-    if manager.latest_checkpoint is None:
+    if train.restore(checkpoint, os.path.join(model_dir, "checkpoints")) is None:
         raise train.UserError(f"no checkpoint in {model_dir}/checkpoints.")
-    train.restore(checkpoint, manager)
     return model, experiment
 
 
@@ -191,6 +193,13 @@ def main(argv):
     del argv
     if not FLAGS.model_dir:
         sys.exit("error: --model_dir is required.")
+    if FLAGS.length < 1:
+        sys.exit(f"error: --length={FLAGS.length}: give at least 1 token to generate.")
+    try:
+        FLAGS.prompt.encode("utf-8")
+    except UnicodeEncodeError as error:  # undecodable argv bytes arrive as surrogates
+        sys.exit(f"error: --prompt is not valid UTF-8 text (an undecodable byte at character {error.start}); "
+                 f"give the prompt as UTF-8.")
     try:
         model, experiment = load_trained_model(FLAGS.model_dir)
         new_ids = sample_text(model, FLAGS.prompt, FLAGS.length, experiment.sequence_length, FLAGS.temperature,

@@ -6,7 +6,8 @@
 Training resumes from the latest checkpoint in `model_dir` with the same step, optimizer state and data
 position (the tf.data iterator is part of the checkpoint). Checkpoints are written by
 `tf.train.CheckpointManager` (files first, then the atomic update of the `checkpoint` index), with
-`operative_config.gin` beside them. Bad input (missing gin file, unknown binding, unprepared dataset,
+`operative_config.gin` beside them; a damaged newest checkpoint is skipped for the newest readable one, with a
+line saying so (`common.checkpoints`). Bad input (missing gin file, unknown binding, unprepared dataset,
 checkpoint of another model shape, a sequence length the attention cannot take) ends with a one-line error
 and a non-zero exit code, and never overwrites a checkpoint.
 
@@ -31,6 +32,9 @@ import tempfile
 import time
 from typing import Any, Callable, Optional
 
+if __name__ == "__main__":  # the command line: native log lines kept off the console (common.console)
+    from common import console
+    console.quiet_native_logs()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gin  # noqa: E402
@@ -38,7 +42,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from common import curves, data, distribute
+from common import checkpoints, curves, data, distribute
 from common.configurables import register_configurables
 from common.metrics import token_cross_entropy
 
@@ -84,6 +88,11 @@ class Experiment:
     train_seconds: also stop (with a checkpoint) once this run has trained this many seconds of wall-clock time,
       tracing and compilation included; for comparisons at an equal time budget (benchmarks.quality). A resumed
       run gets the budget anew. None: train_steps only.
+    decay_matrices_only: weight decay on variables of rank >= 2 only (not on biases, norm gains, start vectors),
+      as the released Sparse Transformer code decays.
+    eval_ema: evaluate with the optimizer's exponential moving average of the weights (Polyak averaging, what
+      the released Sparse Transformer image code evaluates); the optimizer must keep it (`<Optimizer>.use_ema =
+      True`, `ema_momentum`). Training itself, sampling and export use the trained weights.
     """
 
     model: Optional[Callable] = None
@@ -105,6 +114,43 @@ class Experiment:
     data_dir: Optional[str] = None
     data_options: dict = dataclasses.field(default_factory=dict)
     train_seconds: Optional[float] = None
+    decay_matrices_only: bool = False
+    eval_ema: bool = False
+
+    def __post_init__(self):
+        """ValueError naming the field for a value of the wrong type or range (gin binds whatever it parses)."""
+        for name in ("sequence_length", "batch_size", "train_steps", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "eval_every", "eval_batches"):
+            value = getattr(self, name)
+            optional = name in ("eval_every", "eval_batches")
+            if not (optional and value is None) and (not _is_int(value) or value < 1):
+                raise ValueError(f"Experiment.{name} = {value!r}: expected a positive integer"
+                                 + (" or None" if optional else ""))
+        for name in ("clip_norm", "train_seconds"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= 0):
+                raise ValueError(f"Experiment.{name} = {value!r}: expected a positive number or None")
+        if not _is_int(self.seed):
+            raise ValueError(f"Experiment.seed = {self.seed!r}: expected an integer")
+        for name in ("jit_compile", "decay_matrices_only", "eval_ema"):
+            if getattr(self, name) not in (True, False):
+                raise ValueError(f"Experiment.{name} = {getattr(self, name)!r}: expected True or False")
+        for name in ("dataset", "eval_split"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"Experiment.{name} = {getattr(self, name)!r}: expected a string")
+        if not isinstance(self.data_options, dict):
+            raise ValueError(f"Experiment.data_options = {self.data_options!r}: expected a dict")
+        if not (_is_number(self.learning_rate) and self.learning_rate > 0) and not callable(self.learning_rate):
+            raise ValueError(f"Experiment.learning_rate = {self.learning_rate!r}: expected a positive number or a "
+                             f"schedule")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parse_config(gin_files, gin_params):
@@ -164,8 +210,12 @@ def build_model(experiment):
                              **{k: v for k, v in experiment.data_options.items()
                                 if k in ("tokenizer", "vocabulary_size")})
     keras.utils.set_random_seed(experiment.seed)
+    name = getattr(experiment.model, "__name__", type(experiment.model).__name__)
     try:
         model = experiment.model(vocabulary_size=info.vocabulary_size)
+    except (ValueError, TypeError) as error:
+        raise UserError(f"bad arguments of the model {name}: {_first_line(error)}") from error
+    try:
         model(tf.zeros([1, experiment.sequence_length], tf.int32))
     except ValueError as error:
         raise UserError(f"the model cannot take sequence_length={experiment.sequence_length}: "
@@ -189,24 +239,46 @@ def model_objects(model):
     return dict(model=model, model_untracked=untracked) if untracked else dict(model=model)
 
 
-def make_checkpoint(model, optimizer, step, iterator, directory, keep):
+def make_optimizer(experiment, model):
+    """The experiment's optimizer, built for the model's trainable variables (weight decay on matrices only
+    if `decay_matrices_only`); `UserError` if `eval_ema` asks for an average the optimizer does not keep."""
+    optimizer = experiment.optimizer(learning_rate=experiment.learning_rate)
+    if experiment.eval_ema and not getattr(optimizer, "use_ema", False):
+        raise UserError(f"Experiment.eval_ema needs an optimizer that keeps a moving average of the weights; bind "
+                        f"{type(optimizer).__name__}.use_ema = True (and its ema_momentum).")
+    if experiment.decay_matrices_only:
+        optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+@contextlib.contextmanager
+def averaged_weights(model, optimizer):
+    """The optimizer's moving average of the weights in the model for the duration, the trained ones after."""
+    trained = [tf.identity(v) for v in model.trainable_variables]
+    optimizer.finalize_variable_values(model.trainable_variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(model.trainable_variables, trained):
+            variable.assign(value)
+
+
+def make_checkpoint(model, optimizer, step, iterator):
     objects = dict(model_objects(model), optimizer=optimizer, step=step)
     if iterator is not None:
         objects["iterator"] = iterator
-    checkpoint = tf.train.Checkpoint(**objects)
-    return checkpoint, tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
+    return tf.train.Checkpoint(**objects)
 
 
-def restore(checkpoint, manager):
-    """Restores the latest checkpoint; `UserError` if it belongs to a model of another shape."""
-    if manager.latest_checkpoint is None:
-        return False
+def restore(checkpoint, directory, move_aside=False):
+    """Restores the newest readable checkpoint of `directory` (see common.checkpoints); returns its path, or
+    None when there is none. `UserError` when none can be restored (damaged, or of a model of another shape)."""
     try:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-    except (ValueError, tf.errors.InvalidArgumentError) as error:
-        raise UserError(f"{manager.latest_checkpoint} holds a different model ({_first_line(error)}); use "
-                        f"another --model_dir or the gin config it was trained with.") from error
-    return True
+        return checkpoints.restore_newest_readable(checkpoint, directory, move_aside=move_aside)
+    except checkpoints.UnreadableCheckpointError as error:
+        raise UserError(f"{error}; if they hold another model, use another --model_dir or the gin config it was "
+                        f"trained with.") from error
 
 
 def write_atomically(path, text):
@@ -349,14 +421,19 @@ def train(experiment, model_dir, strategy=None):
     with strategy.scope():
         model, info = build_model(experiment)
         learning_rate = experiment.learning_rate
-        optimizer = experiment.optimizer(learning_rate=learning_rate)
-        optimizer.build(model.trainable_variables)
+        optimizer = make_optimizer(experiment, model)
     iterator = iter(make_dataset(experiment, "train", training=True))
     step = tf.Variable(0, dtype=tf.int64, name="step")
-    checkpoint, manager = make_checkpoint(model, optimizer, step, iterator, os.path.join(model_dir, "checkpoints"),
-                                          experiment.keep_checkpoints)
-    if restore(checkpoint, manager):  # Every worker resumes from the chief's checkpoints.
-        print(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}", flush=True)
+    checkpoint = make_checkpoint(model, optimizer, step, iterator)
+    directory = os.path.join(model_dir, "checkpoints")
+    chief = strategy.extended.should_checkpoint
+    if chief and tf.io.gfile.isdir(directory):
+        for name in checkpoints.remove_partial_saves(directory):
+            print(f"removed {os.path.join(directory, name)}, left by a save that was interrupted", flush=True)
+    resumed = restore(checkpoint, directory, move_aside=chief)  # Every worker resumes from the chief's.
+    if resumed:
+        print(f"resumed from {resumed} at step {int(step.numpy())}", flush=True)
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=experiment.keep_checkpoints)
     train_step = make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile, strategy)
     writer = summary_writer(strategy, os.path.join(model_dir, "train"))
     start_step, start_time = int(step.numpy()), time.time()
@@ -397,8 +474,9 @@ def train(experiment, model_dir, strategy=None):
             save(checkpoint, manager, model_dir, current, strategy)
         if experiment.eval_every and current % experiment.eval_every == 0 and not last:
             eval_start = time.time()
-            results = evaluate_model(model, info, experiment, current, model_dir, strategy,
-                                     train_seconds=clock_offset + trained_s)
+            with averaged_weights(model, optimizer) if experiment.eval_ema else contextlib.nullcontext():
+                results = evaluate_model(model, info, experiment, current, model_dir, strategy,
+                                         train_seconds=clock_offset + trained_s)
             print(f"step {current}  eval bits/token {results['bits_per_token']:.4f}", flush=True)
             evaluating_s += time.time() - eval_start
             window_time += time.time() - eval_start
@@ -431,25 +509,29 @@ def evaluate(experiment, model_dir, strategy=None):
     check_replicas(experiment, strategy)
     with strategy.scope():
         model, info = build_model(experiment)
+        optimizer = make_optimizer(experiment, model) if experiment.eval_ema else None
     step = tf.Variable(0, dtype=tf.int64, name="step")
-    checkpoint = tf.train.Checkpoint(**model_objects(model), step=step)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=None)
-    if manager.latest_checkpoint is None:
+    objects = dict(model_objects(model), step=step)
+    if optimizer is not None:  # its moving average of the weights is what is evaluated
+        objects["optimizer"] = optimizer
+    if restore(tf.train.Checkpoint(**objects), os.path.join(model_dir, "checkpoints")) is None:
         raise UserError(f"no checkpoint in {model_dir}/checkpoints; train first (--mode=train).")
-    restore(checkpoint, manager)
+    if optimizer is not None:
+        optimizer.finalize_variable_values(model.trainable_variables)  # evaluate the moving average
     current = int(step.numpy())
     results = evaluate_model(model, info, experiment, current, model_dir, strategy,
-                             train_seconds=curves.train_seconds_at(model_dir, current))
+                             train_seconds=curves.train_seconds_at(model_dir, current), progress=True)
     if strategy.extended.should_checkpoint:
         write_atomically(os.path.join(model_dir, "eval_results.json"), json.dumps(results, indent=2) + "\n")
         curves.write_curves_png(model_dir)
     return results
 
 
-def evaluate_model(model, info, experiment, step, model_dir, strategy=None, train_seconds=None):
+def evaluate_model(model, info, experiment, step, model_dir, strategy=None, train_seconds=None, progress=False):
     """The model's metrics on `experiment.eval_split` (all of it, or `eval_batches` batches), also written as
     TensorBoard scalars under model_dir/eval at `step` (by the chief), with the `train_seconds` the model had
-    trained for, if given (for curves against time). Every replica scores its share of each batch."""
+    trained for, if given (for curves against time). Every replica scores its share of each batch.
+    progress: print batches done (and time left, when `eval_batches` says how many) as training does."""
     strategy = strategy or tf.distribute.get_strategy()
 
     def replica_eval(batch):
@@ -462,10 +544,17 @@ def evaluate_model(model, info, experiment, step, model_dir, strategy=None, trai
     if experiment.eval_batches:
         dataset = dataset.take(experiment.eval_batches)
     total_nats = tokens = 0.0
-    for batch in dataset:
+    start, every = time.time(), max(1, (experiment.eval_batches or 500) // 10)
+    for done, batch in enumerate(dataset, start=1):
         nats, count = eval_step(batch)
         total_nats += float(nats)
         tokens += float(count)
+        if progress and done % every == 0:
+            elapsed = time.time() - start
+            left = (f"  time left {_duration(elapsed / done * (experiment.eval_batches - done))}"
+                    if experiment.eval_batches else "")
+            print(f"eval {done}{'/' + str(experiment.eval_batches) if experiment.eval_batches else ''} batches  "
+                  f"{tokens / elapsed:,.0f} tokens/s{left}", flush=True)
     results = {"step": step, "split": experiment.eval_split, "tokens": tokens,
                "bits_per_token": total_nats / max(tokens, 1.0) / math.log(2.0),
                "perplexity": math.exp(total_nats / max(tokens, 1.0))}
@@ -480,6 +569,16 @@ def evaluate_model(model, info, experiment, step, model_dir, strategy=None, trai
             tf.summary.scalar("train_seconds", train_seconds)
     writer.flush()
     return results
+
+
+def evaluated_bytes(experiment):
+    """The bytes that evaluating `experiment` scores (byte-level datasets): its `eval_batches` batches of the
+    evaluation split (all of it when None), unpadded, in order; what a compressor is compared on."""
+    dataset = make_dataset(experiment, experiment.eval_split, training=False)
+    if experiment.eval_batches:
+        dataset = dataset.take(experiment.eval_batches)
+    return b"".join(bytes(batch["token_ids"].numpy()[batch["weights"].numpy() > 0].astype("uint8").tolist())
+                    for batch in dataset)
 
 
 def unit_metrics(experiment, info, total_nats):

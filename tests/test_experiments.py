@@ -131,6 +131,10 @@ def test_deferred_count_equals_a_real_build():
     assert info.parameters == model.count_params()
     assert info.gradient_bytes == 4 * sum(math.prod(v.shape) for v in model.trainable_variables)
     assert info.optimizer_bytes == 2 * info.gradient_bytes  # AdamW: two slots per weight
+    gin.clear_config()
+    averaged = experiment_info.describe(train.parse_config(["sparse_transformer/cifar10.gin"],
+                                                           params + ["AdamW.use_ema = True"]))
+    assert averaged.optimizer_bytes == 3 * info.gradient_bytes  # and a moving average of the weights
 
 
 def test_adafactor_state_is_factored():
@@ -141,19 +145,19 @@ def test_adafactor_state_is_factored():
 
 # --- shrunk to two training steps ---------------------------------------------------------------------------
 
-def _shrink(path, tmp_path):
+def _shrink(path, root):
     """Gin bindings that make the experiment tiny (what a user passes as --gin_param for a local run)."""
     experiment = train.parse_config([path], [])
     image = experiment.dataset in ("cifar10", "downsampled_imagenet/64x64")
     length = experiment.sequence_length if image else TEXT_LENGTH
     params = [f"Experiment.sequence_length = {length}", "Experiment.batch_size = 1", "TRAIN_STEPS = 2",
               "WARMUP_STEPS = 1", "Experiment.log_every = 1", "Experiment.checkpoint_every = 2",
-              "Experiment.jit_compile = False", f"Experiment.data_dir = {str(tmp_path / 'tfds')!r}"]
+              "Experiment.jit_compile = False", f"Experiment.data_dir = {str(root / 'tfds')!r}"]
     options = {}
     if experiment.dataset in ("pg19", "wikitext103", "wiki40b/en"):
         options["vocabulary_size"] = 40  # a SentencePiece model the tiny corpus can train
     if experiment.dataset in ("enwik8", "wikitext103"):
-        options["manual_dir"] = str(tmp_path / "manual")
+        options["manual_dir"] = str(root / "manual")
     params.append(f"Experiment.data_options = {options!r}")
     family = path.split(os.sep)[0]
     if family == "routing_transformer":
@@ -177,19 +181,23 @@ def _shrink(path, tmp_path):
     return params
 
 
-def _write_manual_archives(folder):
-    folder.mkdir(parents=True, exist_ok=True)
-    fakes.write_enwik8_zip(folder, fakes.enwik8_bytes(20000))
-    fakes.write_wikitext_zip(folder)
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """The fake enwik8 and wikitext-103 archives, and one TFDS data_dir that every shrunk experiment of this
+    module shares: each dataset (and SentencePiece model) is prepared once, not once per experiment."""
+    root = tmp_path_factory.mktemp("experiments_data")
+    (root / "manual").mkdir()
+    fakes.write_enwik8_zip(root / "manual", fakes.enwik8_bytes(20000))
+    fakes.write_wikitext_zip(root / "manual")
+    return root
 
 
 @pytest.mark.slow  # 10-20 s each on 2 CPU cores (the images keep their full 3,072 / 12,288 tokens)
 @pytest.mark.parametrize("path", EXPERIMENTS)
-def test_shrunk_experiment_trains_two_steps(path, tmp_path):
+def test_shrunk_experiment_trains_two_steps(path, data_root):
     """The trainer's own pieces (model, optimizer, schedule, data, jit-able step) for two steps. Not
     `train.train`: it checkpoints the tf.data iterator, which mock_data's py_function sources cannot save."""
-    _write_manual_archives(tmp_path / "manual")
-    experiment = train.parse_config([path], _shrink(path, tmp_path))
+    experiment = train.parse_config([path], _shrink(path, data_root))
     assert experiment.train_steps == 2 and experiment.batch_size == 1
     with tfds.testing.mock_data(num_examples=4):
         model, _ = train.build_model(experiment)

@@ -1,6 +1,7 @@
 """benchmarks.reproduce: a quick reproduction with every claim row, equal footing of the arms, resume, a report
 read from the JSON alone, the verdict rule, and one-line errors for bad input."""
 
+import dataclasses
 import json
 import math
 import os
@@ -95,6 +96,25 @@ def test_rerun_trains_nothing_and_the_report_is_regenerated_from_the_json(quick_
     report, section = reproduce_report.render(again, settings, stem)
     assert report.split("\n", 5)[5] == written.split("\n", 5)[5]  # all but the run's header lines
     assert reproduce_report.claims_table(again, settings)[2] in section
+
+
+@pytest.mark.slow
+def test_runs_of_an_older_revision_of_a_claim_are_not_reused(quick_run, monkeypatch):
+    argv, _, data = quick_run
+    settings = reproduce.settings_of(reproduce.parse_args(argv))
+    before = {name: reproduce_report.main_runs(data, settings, name) for name in claims.CLAIMS}
+    assert all(before.values())
+    revised = claims.CLAIMS["sparse"].revision + 1
+    monkeypatch.setitem(claims.CLAIMS, "sparse", dataclasses.replace(claims.CLAIMS["sparse"], revision=revised))
+    assert reproduce_report.main_runs(data, settings, "sparse") == {}
+    assert reproduce_report.sweep_runs(data, settings, "sparse") == {}
+    for name in ("routing", "combiner"):
+        assert reproduce_report.main_runs(data, settings, name) == before[name]
+    key = reproduce.run_key(settings, "sparse", "dense", 1e-3, 0)
+    assert key.endswith(f"{settings.key()}.r{revised}") and key not in data["runs"]
+    section = "\n".join(reproduce_report.claim_section(data, settings, claims.CLAIMS["sparse"], None))
+    assert f"Revision {revised} of these arms: {claims.CLAIMS['sparse'].revision_note}" in section
+    assert "| dense attention | not run yet |" in section
 
 
 def test_parameter_counts_of_the_full_miniatures_are_within_two_percent():

@@ -23,8 +23,9 @@ config; the simplest way is the constructor keywords::
 which is what ``make_dataset("local_text", ..., local_text_dir="/my/texts")``
 does. ``local_text_config(directory, glob=..., max_files=..., max_bytes=...)``
 returns the config itself (its name is derived from the absolute directory,
-glob and limits, so each directory gets its own sub-directory in
-``data_dir/local_text/``). Files that look binary (a NUL byte in their first
+glob, limits and the names, sizes and modification times of the files, so each
+directory gets its own sub-directory in ``data_dir/local_text/``, and one whose
+files changed is prepared again instead of read stale). Files that look binary (a NUL byte in their first
 8 KiB) are skipped. ``max_files`` / ``max_bytes`` keep a deterministic subset
 (files taken in hash order until the limit).
 """
@@ -109,6 +110,8 @@ def local_text_config(directory: str | None = None, *, glob: str | None = None,
         stem = stem[:32] or "root"
     glob = glob or default_glob
     key = repr((root, glob, tuple(exclude), max_files, max_bytes))
+    if directory is not None:  # a directory can change between runs; the stdlib of an interpreter does not
+        key += contents_fingerprint(root, glob, tuple(exclude))
     name = f"{stem}_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     return LocalTextConfig(
         name=name, directory=root, glob=glob, exclude=tuple(exclude), max_files=max_files,
@@ -121,20 +124,34 @@ def _looks_binary(path: pathlib.Path) -> bool:
         return b"\x00" in f.read(8192)
 
 
+def _matching_files(root: pathlib.Path, glob: str, exclude: tuple[str, ...]):
+    """(relative path, path) of the files under `root` matching `glob`, excluded and hidden parts skipped."""
+    excluded = set(exclude)
+    for path in root.glob(glob):
+        relative = path.relative_to(root)
+        if not any(part in excluded or part.startswith(".") for part in relative.parts) and path.is_file():
+            yield relative, path
+
+
+def contents_fingerprint(root: str, glob: str, exclude: tuple[str, ...]) -> str:
+    """A digest of the names, sizes and modification times of the files a config would read: it is part of a
+    directory's config name, so that a directory whose files changed is prepared again, never read stale."""
+    digest = hashlib.sha256()
+    if os.path.isdir(root):
+        for relative, path in sorted(_matching_files(pathlib.Path(root), glob, exclude)):
+            stat = path.stat()
+            line = f"{relative.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+            digest.update(line.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
 def list_files(config: LocalTextConfig) -> list[tuple[str, str]]:
     """(relative POSIX path, absolute path) of the files `config` selects, sorted by path."""
     root = pathlib.Path(config.root)
     if not root.is_dir():
         raise FileNotFoundError(f"local_text directory {root} does not exist")
-    excluded = set(config.exclude)
-    found = []
-    for path in root.glob(config.glob):
-        relative = path.relative_to(root)
-        if any(part in excluded or part.startswith(".") for part in relative.parts):
-            continue
-        if not path.is_file() or _looks_binary(path):
-            continue
-        found.append((relative.as_posix(), str(path)))
+    found = [(relative.as_posix(), str(path)) for relative, path in _matching_files(root, config.glob, config.exclude)
+             if not _looks_binary(path)]
     if config.max_files is not None or config.max_bytes is not None:
         found.sort(key=lambda item: (_stable_hash(item[0]), item[0]))
         kept, total = [], 0

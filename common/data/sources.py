@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -92,7 +93,7 @@ def ensure_prepared(spec: catalog.DatasetSpec, builder: tfds.core.DatasetBuilder
                 f"local_text directory {root} does not exist; pass an existing folder of "
                 "text files as local_text_dir") from None
         try:
-            builder.download_and_prepare(download_config=download_config)
+            _prepare(builder, download_config)
         except ValueError as error:  # e.g. too few files for the three splits.
             raise DatasetNotPreparedError(str(error)) from None
         return
@@ -113,6 +114,16 @@ def ensure_prepared(spec: catalog.DatasetSpec, builder: tfds.core.DatasetBuilder
             "again") from None
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir,
                                                    try_download_gcs=False)
+    _prepare(builder, download_config)
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, download_config) -> None:
+    """Prepares a builder with a line saying so; TFDS's progress bars only on a terminal (elsewhere their
+    carriage returns and escape codes are noise in a log)."""
+    config = f"/{builder.builder_config.name}" if builder.builder_config else ""
+    print(f"preparing {builder.name}{config} in {builder.data_dir} (once; later runs reuse it)", flush=True)
+    if not sys.stderr.isatty():
+        tfds.disable_progress_bar()
     builder.download_and_prepare(download_config=download_config)
 
 

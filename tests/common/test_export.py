@@ -125,6 +125,18 @@ def test_logit_and_score_signatures_name_bad_ids(exported, ids, message):
             loaded.signatures[name](token_ids=tf.constant(ids, tf.int32))
 
 
+def test_a_request_that_is_not_batch_by_length_is_refused_naming_the_input(exported):
+    loaded = tf.saved_model.load(exported[1])
+    for name in ("serving_default", "score"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"token_ids \[3\] is not compatible with "
+                                                                 r"expected shape \[\?,\?\]"):
+            loaded.signatures[name](token_ids=tf.constant([1, 2, 3], tf.int32))
+    arguments = _signature_arguments([[1, 2]])
+    arguments["prompt_ids"] = tf.constant([1, 2], tf.int32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"prompt_ids \[2\] is not compatible"):
+        loaded.signatures["generate"](**arguments)
+
+
 def test_export_of_a_trained_model_keeps_its_weights(tmp_path):
     model = _model()
     ids = np.random.default_rng(2).integers(0, VOCAB, size=(2, 6)).astype(np.int32)

@@ -31,10 +31,15 @@ FAMILIES = {
 }
 
 
+SEED = 1
+
+
 def _pair(family):
     """(float32 model, bfloat16 model) with the same weights, both built."""
     ids = np.zeros((1, LENGTH), np.int32)
-    keras.utils.set_random_seed(0)
+    # A seed whose routing centroids put no token on a near-tie: there bfloat16 rounding can flip a cluster,
+    # and the comparison would measure the flip, not the rounding.
+    keras.utils.set_random_seed(SEED)
     reference = FAMILIES[family]()
     reference(ids)
     model = FAMILIES[family](mixed_precision=True)

@@ -286,6 +286,20 @@ def test_token_ids_of_rank_three_raise():
         model(np.zeros((2, 3, 4), np.int32))
 
 
+@pytest.mark.parametrize("ids", [np.array([[1.5, 2.0, 3.0]], np.float32), np.array([[1, 2, 3]], np.float64)])
+def test_token_ids_that_are_not_integers_raise(ids):
+    model = _model()
+    model(_ids())
+    with pytest.raises(TypeError, match="integer token ids; got dtype float"):
+        model(ids)  # an embedding lookup would read 1.5 as 1
+
+
+@pytest.mark.parametrize("attention", [None, "dense", [None, None]])
+def test_an_attention_that_is_not_a_layer_raises(attention):
+    with pytest.raises(ValueError, match="attention must be an attention layer"):
+        DecoderLM(vocabulary_size=VOCAB, num_layers=2, hidden_dim=HIDDEN, attention=attention, ffn_dim=FFN)
+
+
 def test_auxiliary_losses_are_added_to_the_training_loss():
     ids = _ids(seed=10, batch=4, length=12)
     aux = _model(attention=AuxLossAttention(num_heads=2, key_dim=4))

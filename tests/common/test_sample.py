@@ -224,7 +224,9 @@ def test_cli_without_a_checkpoint_is_a_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("arguments,message", [
     (["--prompt=", "--length=3"], "empty"),
-    (["--prompt=x", "--length=-1"], "max_new_tokens"),
+    (["--prompt=x", "--length=-1"], "--length=-1"),
+    (["--prompt=x", "--length=0"], "--length=0: give at least 1 token"),
+    (["--prompt=def \udcff", "--length=3"], "--prompt is not valid UTF-8"),  # argv byte 0xff
     (["--prompt=x", "--length=3", "--top_p=1.5"], "top_p"),
     (["--prompt=" + "x" * 30, "--length=5"], "maximum length 32"),
 ])

@@ -160,11 +160,15 @@ def test_eval_scores_the_trained_weights(trained, corpus):
     assert results["bits_per_token"] == pytest.approx(total_nats / tokens / math.log(2.0), rel=1e-5)
 
 
-def test_eval_on_a_few_batches_reports_only_per_token_metrics(trained, corpus):
+def test_eval_on_a_few_batches_reports_only_per_token_metrics(trained, corpus, capsys):
     model_dir, _, experiment = trained
     results = train.run([], tiny_params(corpus, eval_batches=1), model_dir, "eval")
+    assert "eval 1/1 batches" in capsys.readouterr().out  # progress, as training shows it
     first = next(iter(train.make_dataset(experiment, "validation", training=False)))
     assert results["tokens"] == float(np.sum(first["weights"]))
+    scored = train.evaluated_bytes(train.parse_config([], tiny_params(corpus, eval_batches=1)))
+    weights = first["weights"].numpy() > 0
+    assert len(scored) == results["tokens"] and scored == bytes(first["token_ids"].numpy()[weights].tolist())
     assert "bits_per_byte" not in results  # needs the whole split
     assert results["perplexity"] == pytest.approx(2.0 ** results["bits_per_token"], rel=1e-9)
 
@@ -194,6 +198,41 @@ def test_parse_config_needs_a_model():
 
 
 # --- bad input on the command line --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("binding, named", [
+    ("Experiment.train_steps = -5", "Experiment.train_steps = -5"),
+    ("Experiment.train_steps = 'abc'", "Experiment.train_steps = 'abc'"),
+    ("Experiment.batch_size = 0", "Experiment.batch_size = 0"),
+    ("Experiment.clip_norm = -1.0", "Experiment.clip_norm = -1.0"),
+    ("Experiment.eval_every = 2.5", "Experiment.eval_every = 2.5"),
+    ("Experiment.learning_rate = 'fast'", "Experiment.learning_rate = 'fast'"),
+])
+def test_bad_experiment_values_are_refused_naming_the_field(binding, named):
+    with pytest.raises(train.UserError, match="expected") as error:
+        train.parse_config(["quickstart.gin"], [binding])
+    assert named in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_macro_of_the_wrong_type_is_refused_naming_the_field(tmp_path):
+    result = run_module("common.train", "--gin_file=quickstart.gin", "--gin_param=TRAIN_STEPS = 'abc'",
+                        f"--model_dir={tmp_path / 'm'}")
+    line = assert_one_line_error(result)
+    # The macro binds WarmupCosine.total_steps and Experiment.train_steps: the first one built is named.
+    assert "WarmupCosine.total_steps = 'abc': expected an integer" in line, line
+    assert not os.path.exists(tmp_path / "m" / "checkpoints")
+
+
+@pytest.mark.parametrize("gin_file, binding, named", [
+    ("combiner/cpu_small.gin", "CombinerLM.variant = 'axail'", "unknown Combiner variant 'axail'"),
+    ("sparse_transformer/cpu_small.gin", "SparseTransformerLM.attention_schedule = 'fixd'",
+     "unknown attention pattern 'fixd'"),
+])
+def test_cli_a_bad_model_argument_is_named_not_blamed_on_the_length(gin_file, binding, named, tmp_path):
+    result = run_module("common.train", f"--gin_file={gin_file}", f"--gin_param={binding}",
+                        f"--model_dir={tmp_path / 'm'}")
+    line = assert_one_line_error(result)
+    assert named in line and "sequence_length" not in line, line
+
 
 def test_cli_missing_gin_file(tmp_path):
     result = run_module("common.train", "--gin_file=no/such_config.gin", f"--model_dir={tmp_path / 'm'}")

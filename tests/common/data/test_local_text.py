@@ -1,6 +1,7 @@
 """The local_text TFDS builder: offline build, deterministic hash split, configs."""
 
 import os
+import shutil
 import sysconfig
 
 import pytest
@@ -62,6 +63,26 @@ def test_config_names_depend_on_directory_and_options(tmp_path):
     assert a.name.startswith("a_") and a.glob == "**/*"
     default = local_text.local_text_config()
     assert default.name == local_text.DEFAULT_CONFIG_NAME and default.directory is None
+
+
+def test_a_directory_whose_files_changed_is_prepared_again_not_read_stale(tmp_path, text_dir, no_network):
+    root, files = tmp_path / "corpus", text_dir[1]
+    shutil.copytree(text_dir[0], root)  # the fixture's folder is shared: change a copy
+    first = local_text.LocalText(data_dir=str(tmp_path / "data"), directory=str(root))
+    first.download_and_prepare(download_config=OFFLINE)
+    unchanged = local_text.local_text_config(str(root))
+    assert unchanged.name == first.builder_config.name  # nothing changed: the prepared data is reused
+
+    (root / "added_later.txt").write_bytes(b"a file added after the first preparation\n")
+    (root / "doc_01.txt").write_bytes(files["doc_01.txt"] + b" and an edit")
+    changed = local_text.LocalText(data_dir=str(tmp_path / "data"), directory=str(root))
+    assert changed.builder_config.name != first.builder_config.name
+    changed.download_and_prepare(download_config=OFFLINE)
+    seen = {}
+    for split in ("train", "validation", "test"):
+        seen.update(_read(changed, split))
+    assert seen == dict(files, **{"added_later.txt": b"a file added after the first preparation\n",
+                                  "doc_01.txt": files["doc_01.txt"] + b" and an edit"})
 
 
 def test_too_few_files_is_a_clear_error(tmp_path):

@@ -1,0 +1,113 @@
+"""Restoring the newest readable checkpoint of a model directory, and clearing what a killed save left behind.
+
+A checkpoint can be damaged after it was written (a truncated or bit-flipped data file, a corrupt or lost
+index, a variable missing from the index). `restore_newest_readable` tries the checkpoints that the directory's
+`checkpoint` state lists, newest first, restores the first one that holds every variable of the objects, and
+says in one line which ones it skipped and which one it used. It never deletes a damaged checkpoint: training
+moves it into `unreadable/` (where the next save of that step, or the pruning of old checkpoints, cannot
+overwrite or delete it) and rewrites the state to end at the checkpoint it used; evaluation, sampling and export
+leave the files untouched.
+
+A kill during a save leaves a `ckpt-N_temp/` directory (TensorFlow writes the data there before it moves it into
+place and updates the state file): `remove_partial_saves` deletes those.
+"""
+
+import glob
+import os
+
+import tensorflow as tf
+
+UNREADABLE = "unreadable"
+
+# What restoring a damaged checkpoint raises: truncated data (IndexError "Read less bytes than requested"),
+# checksum mismatches and corrupt indexes (OpError), missing files (NotFoundError, an OpError), a variable of
+# another shape or one missing from the index (ValueError, AssertionError from the completeness check).
+RESTORE_ERRORS = (tf.errors.OpError, ValueError, IndexError, AssertionError, OSError)
+
+
+class UnreadableCheckpointError(Exception):
+    """No checkpoint listed in the directory's state can be restored; the message is one line."""
+
+
+def remove_partial_saves(directory):
+    """Deletes the `*_temp` directories of saves that a kill interrupted; returns their names."""
+    removed = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(glob.escape(directory), "*_temp"))):
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+            removed.append(os.path.basename(path))
+    return removed
+
+
+def listed_checkpoints(directory):
+    """The checkpoint prefixes of the directory's state file, oldest first ([] when there is none)."""
+    state = tf.train.get_checkpoint_state(directory)
+    if state is None:
+        return []
+    paths = list(state.all_model_checkpoint_paths)
+    if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
+        paths.append(state.model_checkpoint_path)
+    return [path if os.path.isabs(path) or "://" in path else os.path.join(directory, path) for path in paths]
+
+
+def _end_state_at(directory, path):
+    """Rewrites the state file to list the checkpoints up to `path`, with their timestamps (which decide when
+    tf.train.CheckpointManager prunes them), and `path` as the latest."""
+    state = tf.train.get_checkpoint_state(directory)
+    listed = listed_checkpoints(directory)
+    kept = listed[:listed.index(path) + 1]
+    stamps = dict(zip(listed, state.all_model_checkpoint_timestamps))
+    tf.compat.v1.train.update_checkpoint_state(
+        directory, path, all_model_checkpoint_paths=kept,
+        all_model_checkpoint_timestamps=[stamps[p] for p in kept] if all(p in stamps for p in kept) else None,
+        last_preserved_timestamp=state.last_preserved_timestamp)
+
+
+def _reason(error):
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text.split("}} ", 1)[-1]  # drop TensorFlow's "{{function_node ...}}" prefix
+
+
+def restore_newest_readable(checkpoint, directory, move_aside=False, log=print):
+    """Restores into `checkpoint` (a tf.train.Checkpoint) the newest listed checkpoint of `directory` that is
+    readable and holds every variable of its objects; returns its path, or None when none is listed.
+
+    move_aside: move the unreadable checkpoints newer than the one used into `directory/unreadable/` and end
+      the state file at the one used (training does this before it saves again).
+    Raises UnreadableCheckpointError, naming every checkpoint and why it failed, when none can be restored.
+    """
+    candidates = listed_checkpoints(directory)
+    failures = []
+    for path in reversed(candidates):
+        try:
+            checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+        except RESTORE_ERRORS as error:
+            failures.append((path, _reason(error)))
+            continue
+        if failures:
+            skipped = "; ".join(f"{bad} ({reason})" for bad, reason in failures)
+            if move_aside:
+                _move_aside([bad for bad, _ in failures], directory)
+                _end_state_at(directory, path)
+                skipped += f", moved into {os.path.join(directory, UNREADABLE)}"
+            log(f"warning: unreadable checkpoint {skipped}; using {path}", flush=True)
+        return path
+    if failures:
+        raise UnreadableCheckpointError(
+            f"no readable checkpoint in {directory}: " + "; ".join(f"{bad} ({reason})" for bad, reason in failures))
+    return None
+
+
+def _move_aside(prefixes, directory):
+    """Moves every file of each checkpoint prefix into `directory/unreadable/`, never overwriting one there."""
+    target = os.path.join(directory, UNREADABLE)
+    tf.io.gfile.makedirs(target)
+    for prefix in prefixes:
+        for path in tf.io.gfile.glob(glob.escape(prefix) + ".*"):
+            name = os.path.basename(path)
+            destination, copy = os.path.join(target, name), 1
+            while tf.io.gfile.exists(destination):
+                copy += 1
+                destination = os.path.join(target, f"{name}.{copy}")
+            tf.io.gfile.rename(path, destination)
