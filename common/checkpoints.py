@@ -39,9 +39,11 @@ def remove_partial_saves(directory):
     return removed
 
 
-def listed_checkpoints(directory):
-    """The checkpoint prefixes of the directory's state file, oldest first ([] when there is none)."""
-    state = tf.train.get_checkpoint_state(directory)
+def listed_checkpoints(directory, state=None):
+    """The checkpoint prefixes of the directory's state file (or of `state`, read from it), oldest first ([]
+    when there is none)."""
+    if state is None:
+        state = tf.train.get_checkpoint_state(directory)
     if state is None:
         return []
     paths = list(state.all_model_checkpoint_paths)
@@ -54,13 +56,17 @@ def _end_state_at(directory, path):
     """Rewrites the state file to list the checkpoints up to `path`, with their timestamps (which decide when
     tf.train.CheckpointManager prunes them), and `path` as the latest."""
     state = tf.train.get_checkpoint_state(directory)
-    listed = listed_checkpoints(directory)
+    listed = listed_checkpoints(directory, state)
     kept = listed[:listed.index(path) + 1]
     stamps = dict(zip(listed, state.all_model_checkpoint_timestamps))
     tf.compat.v1.train.update_checkpoint_state(
         directory, path, all_model_checkpoint_paths=kept,
         all_model_checkpoint_timestamps=[stamps[p] for p in kept] if all(p in stamps for p in kept) else None,
         last_preserved_timestamp=state.last_preserved_timestamp)
+
+
+def _listing(failures):
+    return "; ".join(f"{path} ({reason})" for path, reason in failures)
 
 
 def _reason(error):
@@ -86,7 +92,7 @@ def restore_newest_readable(checkpoint, directory, move_aside=False, log=print):
             failures.append((path, _reason(error)))
             continue
         if failures:
-            skipped = "; ".join(f"{bad} ({reason})" for bad, reason in failures)
+            skipped = _listing(failures)
             if move_aside:
                 _move_aside([bad for bad, _ in failures], directory)
                 _end_state_at(directory, path)
@@ -94,8 +100,7 @@ def restore_newest_readable(checkpoint, directory, move_aside=False, log=print):
             log(f"warning: unreadable checkpoint {skipped}; using {path}", flush=True)
         return path
     if failures:
-        raise UnreadableCheckpointError(
-            f"no readable checkpoint in {directory}: " + "; ".join(f"{bad} ({reason})" for bad, reason in failures))
+        raise UnreadableCheckpointError(f"no readable checkpoint in {directory}: {_listing(failures)}")
     return None
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import curves, train
+from common import console, curves, train
 from tests.common.data import fakes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,15 +84,6 @@ def trained(corpus, tmp_path_factory):
 
 # --- command line -------------------------------------------------------------------------------------------
 
-# What the TensorFlow 2.21 native runtime writes to stderr while it loads, before any of our code runs (absl
-# C++ logging before InitializeLog; TF_CPP_MIN_LOG_LEVEL no longer silences it). Only these are ignored.
-_NATIVE_NOISE = (
-    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
-    re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [\w./-]+\.(cc|h|cpp):\d+\] "),
-    re.compile(r"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler"),
-)
-
-
 def run_module(module, *args, timeout=180):
     """`python -m <module> <args>` from the repository root; returns the CompletedProcess (text)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
@@ -101,9 +92,9 @@ def run_module(module, *args, timeout=180):
 
 
 def stderr_lines(stderr):
-    """stderr without the native runtime's start-up lines (and without blank lines)."""
-    return [line for line in stderr.splitlines()
-            if line.strip() and not any(pattern.search(line) for pattern in _NATIVE_NOISE)]
+    """stderr without TensorFlow's native log lines (common.console's filter is off here: run_module sets
+    TF_CPP_MIN_LOG_LEVEL) and without blank lines."""
+    return [line for line in stderr.splitlines() if line.strip() and not console.is_native_log_line(line)]
 
 
 def assert_one_line_error(result):
