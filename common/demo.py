@@ -11,16 +11,14 @@ import lzma
 import os
 import sys
 
-if __name__ == "__main__":  # the command line: native log lines kept off the console (common.console)
-    from common import console
-    console.quiet_native_logs()
+if __name__ == "__main__":  # the command line, checked before TensorFlow loads (common.command_line)
+    from common import command_line
+    command_line.start("demo")
 
 from absl import app, flags  # noqa: E402
 
-from common import sample, train  # noqa: E402
+from common import command_line, sample, train  # noqa: E402
 
-flags.DEFINE_string("demo_dir", os.path.join("runs", "quickstart"), "Where the demo writes its model.")
-flags.DEFINE_string("data_dir", None, "TFDS data directory (default ~/tensorflow_datasets).")
 FLAGS = flags.FLAGS
 
 PROMPT = "def "
@@ -33,7 +31,7 @@ def xz_bits_per_byte(text):
 
 def quality_results():
     """benchmarks/results/quality.json (the 600-second runs of the cpu_small presets), or None."""
-    path = os.path.join(os.path.dirname(train.GIN_CONFIGS), "benchmarks", "results", "quality.json")
+    path = os.path.join(os.path.dirname(command_line.GIN_CONFIGS), "benchmarks", "results", "quality.json")
     try:
         with open(path) as f:
             return json.load(f)
@@ -85,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=command_line.parsed_argv)

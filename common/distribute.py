@@ -15,7 +15,7 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+from common.command_line import STRATEGIES  # the --strategy names, known before TensorFlow loads
 
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}\' on the first worker, "index": 1 on the second')

@@ -12,15 +12,16 @@ recomputation keeps); the attention and feed-forward activations of one block co
 
 import dataclasses
 import math
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # the command line, checked before TensorFlow loads (common.command_line)
+    from common import command_line
+    command_line.start("experiment_info")
 
 import keras  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from common import data, train  # noqa: E402
+from common import command_line, data, train  # noqa: E402
 
 FLOAT_BYTES = 4
 FLAGS = flags.FLAGS
@@ -124,11 +125,8 @@ def main(argv):
         experiment = train.parse_config(FLAGS.gin_file, FLAGS.gin_param)
         print(format_info(describe(experiment)), flush=True)
     except train.UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
-    flags.DEFINE_multi_string("gin_file", [], "Gin files; `include` paths resolve against gin_configs/.")
-    flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. 'SparseTransformerLM.num_layers = 2'.")
-    app.run(main)
+    app.run(main, flags_parser=command_line.parsed_argv)

@@ -12,22 +12,23 @@ The SavedModel needs only TensorFlow to serve (`tf.saved_model.load`, `saved_mod
     with the layers' caches inside one `tf.while_loop` (`common.sample.generate`), reproducible for a seed.
 Only `training=False` is traced, so serving never moves state such as routing centroids. Bad requests (ids
 outside the vocabulary, too long, an empty prompt, top_p outside (0, 1], ...) fail with an
-`InvalidArgumentError` that names the problem.
+`InvalidArgumentError` that names the problem; its last line (the last line `saved_model_cli run` prints) is the
+failed check's op, named after the problem (`[[{{node top_p_must_be_in_0_1/...}}]]`).
 """
 
 import math
 import os
 import sys
 
-if __name__ == "__main__":  # the command line: native log lines kept off the console (common.console)
-    from common import console
-    console.quiet_native_logs()
+if __name__ == "__main__":  # the command line, checked before TensorFlow loads (common.command_line)
+    from common import command_line
+    command_line.start("export")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from common import sample, train  # noqa: E402
+from common import command_line, sample, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -41,12 +42,6 @@ GENERATE_INPUTS = [
     tf.TensorSpec([], tf.int32, name="seed"),
     tf.TensorSpec([], tf.int32, name="stop_id"),
 ]
-
-
-def define_flags():
-    """The command line of `python -m common.export` (defined only when it runs)."""
-    flags.DEFINE_string("model_dir", None, "A directory written by common.train.")
-    flags.DEFINE_string("export_dir", None, "Where to write saved_model/ and model.keras.")
 
 
 def model_max_length(model):
@@ -67,9 +62,9 @@ def checked_token_ids(token_ids, vocabulary_size, max_length):
     token_ids = batch_by_length(token_ids, "token_ids")
     checks = [sample.check_token_ids(token_ids, vocabulary_size, "token_ids")]
     if max_length is not None:
-        checks.append(tf.debugging.assert_less_equal(
-            tf.shape(token_ids)[1], max_length, message=f"token_ids is longer than the model's maximum length "
-                                                        f"{max_length}"))
+        checks.append(sample.assertion(
+            tf.debugging.assert_less_equal, tf.shape(token_ids)[1], max_length,
+            message=f"token_ids is longer than the model's maximum length {max_length}"))
     with tf.control_dependencies(checks):
         return tf.identity(token_ids)
 
@@ -120,8 +115,6 @@ def export_trained_model(model_dir, export_dir):
 
 def main(argv):
     del argv
-    if not FLAGS.model_dir or not FLAGS.export_dir:
-        sys.exit("error: --model_dir and --export_dir are required.")
     try:
         export_trained_model(FLAGS.model_dir, FLAGS.export_dir)
     except train.UserError as error:
@@ -131,5 +124,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    app.run(main, flags_parser=command_line.parsed_argv)

@@ -12,30 +12,19 @@ The same graph is the SavedModel's `generate` signature (`common.export`).
 """
 
 import os
+import re
 import sys
 
-if __name__ == "__main__":  # the command line: native log lines kept off the console (common.console)
-    from common import console
-    console.quiet_native_logs()
+if __name__ == "__main__":  # the command line, checked before TensorFlow loads (common.command_line)
+    from common import command_line
+    command_line.start("sample")
 
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from common import train  # noqa: E402
+from common import command_line, train  # noqa: E402
 
 FLAGS = flags.FLAGS
-
-
-def define_flags():
-    """The command line of `python -m common.sample` (defined only when it runs)."""
-    flags.DEFINE_string("model_dir", None, "A directory written by common.train.")
-    flags.DEFINE_string("prompt", "", "Text to continue (byte-level models).")
-    flags.DEFINE_integer("length", 200, "Number of tokens to generate.")
-    flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 picks the most likely token.")
-    flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens; 0 for all.")
-    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: the smallest set of tokens with this probability.")
-    flags.DEFINE_integer("seed", 0, "Sampling seed.")
-    flags.DEFINE_integer("stop_id", -1, "Stop a sequence after this token id; -1 for none.")
 
 
 def check_arguments(prompt_length, max_new_tokens, temperature, top_k, top_p, max_length):
@@ -59,26 +48,34 @@ def graph_checks(prompt_ids, max_new_tokens, temperature, top_k, top_p, vocabula
     """The same validation as graph assertions, for the SavedModel signature (InvalidArgumentError)."""
     prompt_length = tf.shape(prompt_ids)[1]
     checks = [
-        tf.debugging.assert_positive(prompt_length, message="prompt_ids is empty; give at least one token"),
-        tf.debugging.assert_non_negative(max_new_tokens, message="max_new_tokens must be >= 0"),
-        tf.debugging.assert_greater(top_p, 0.0, message="top_p must be in (0, 1]"),
-        tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
-        tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0"),
-        tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 keeps every token)"),
+        assertion(tf.debugging.assert_positive, prompt_length, message="prompt_ids is empty; give at least one "
+                                                                       "token"),
+        assertion(tf.debugging.assert_non_negative, max_new_tokens, message="max_new_tokens must be >= 0"),
+        assertion(tf.debugging.assert_greater, top_p, 0.0, message="top_p must be in (0, 1]"),
+        assertion(tf.debugging.assert_less_equal, top_p, 1.0, message="top_p must be in (0, 1]"),
+        assertion(tf.debugging.assert_non_negative, temperature, message="temperature must be >= 0"),
+        assertion(tf.debugging.assert_non_negative, top_k, message="top_k must be >= 0 (0 keeps every token)"),
         check_token_ids(prompt_ids, vocabulary_size, "prompt_ids"),
     ]
     if max_length is not None:
-        checks.append(tf.debugging.assert_less_equal(
-            prompt_length + max_new_tokens, max_length,
+        checks.append(assertion(
+            tf.debugging.assert_less_equal, prompt_length + max_new_tokens, max_length,
             message=f"the prompt length plus max_new_tokens exceeds the model's maximum length {max_length}"))
     return checks
+
+
+def assertion(assert_fn, *args, message):
+    """A `tf.debugging` assertion whose op is named after its message. A failed assertion's error ends with the
+    op's name (`[[{{node NAME/Assert/Assert}}]]`, the last line of `saved_model_cli run`'s traceback), which then
+    says what is wrong instead of `assert_less/Assert/Assert`."""
+    return assert_fn(*args, message=message, name=re.sub(r"[^A-Za-z0-9]+", "_", message).strip("_")[:120])
 
 
 def check_token_ids(token_ids, vocabulary_size, name):
     """Assertions that every id is in [0, vocabulary_size)."""
     message = f"{name} has ids outside the vocabulary [0, {vocabulary_size})"
-    return tf.group(tf.debugging.assert_non_negative(token_ids, message=message),
-                    tf.debugging.assert_less(token_ids, vocabulary_size, message=message))
+    return tf.group(assertion(tf.debugging.assert_non_negative, token_ids, message=message),
+                    assertion(tf.debugging.assert_less, token_ids, vocabulary_size, message=message))
 
 
 def filter_logits(logits, temperature, top_k, top_p):
@@ -191,15 +188,6 @@ def sample_text(model, prompt, length, max_length, temperature=1.0, top_k=0, top
 
 def main(argv):
     del argv
-    if not FLAGS.model_dir:
-        sys.exit("error: --model_dir is required.")
-    if FLAGS.length < 1:
-        sys.exit(f"error: --length={FLAGS.length}: give at least 1 token to generate.")
-    try:
-        FLAGS.prompt.encode("utf-8")
-    except UnicodeEncodeError as error:  # undecodable argv bytes arrive as surrogates
-        sys.exit(f"error: --prompt is not valid UTF-8 text (an undecodable byte at character {error.start}); "
-                 f"give the prompt as UTF-8.")
     try:
         model, experiment = load_trained_model(FLAGS.model_dir)
         new_ids = sample_text(model, FLAGS.prompt, FLAGS.length, experiment.sequence_length, FLAGS.temperature,
@@ -210,5 +198,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    app.run(main, flags_parser=command_line.parsed_argv)

@@ -32,9 +32,9 @@ import tempfile
 import time
 from typing import Any, Callable, Optional
 
-if __name__ == "__main__":  # the command line: native log lines kept off the console (common.console)
-    from common import console
-    console.quiet_native_logs()
+if __name__ == "__main__":  # the command line, checked before TensorFlow loads (common.command_line)
+    from common import command_line
+    command_line.start("train")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gin  # noqa: E402
@@ -42,27 +42,13 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from common import checkpoints, curves, data, distribute
+from common import checkpoints, command_line, curves, data, distribute
 from common.configurables import register_configurables
 from common.metrics import token_cross_entropy
 
-GIN_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
-MODES = ("train", "eval", "train_and_eval")
+GIN_CONFIGS = command_line.GIN_CONFIGS
 
 FLAGS = flags.FLAGS
-
-
-def define_flags():
-    """The command line of `python -m common.train` (defined only when it runs, so others can import us)."""
-    flags.DEFINE_multi_string("gin_file", [], "Gin files; `include` paths resolve against gin_configs/.")
-    flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. 'Experiment.train_steps = 10'.")
-    flags.DEFINE_string("model_dir", None, "Directory of checkpoints, summaries and the operative config.")
-    flags.DEFINE_enum("mode", "train", MODES, "train, eval, or train_and_eval.")
-    flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
-                      "tf.distribute strategy: default (one device), mirrored (all local devices), multi_worker "
-                      "(the workers of TF_CONFIG), tpu.")
-    flags.DEFINE_string("tpu", "local", "With --strategy=tpu: 'local' on a Cloud TPU VM, else the TPU's name or "
-                                        "grpc://address.")
 
 
 class UserError(Exception):
@@ -158,10 +144,10 @@ def parse_config(gin_files, gin_params):
     register_configurables()
     gin.clear_config()  # Each parse starts from nothing (and unlocks a config finalised before).
     gin.add_config_file_search_path(GIN_CONFIGS)
-    for path in gin_files:
-        if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_CONFIGS, path)):
-            raise UserError(f"gin file {path!r} does not exist (looked in . and {GIN_CONFIGS}).")
-    resolved = [p if os.path.exists(p) else os.path.join(GIN_CONFIGS, p) for p in gin_files]
+    missing = command_line.missing_gin_files(gin_files)
+    if missing:
+        raise UserError(f"gin file {missing[0]!r} does not exist (looked in . and {GIN_CONFIGS}).")
+    resolved = [command_line.resolve_gin_file(path) for path in gin_files]
     try:
         with quiet_gin_search():
             gin.parse_config_files_and_bindings(resolved, gin_params, finalize_config=True, skip_unknown=False)
@@ -619,8 +605,6 @@ def run(gin_files, gin_params, model_dir, mode, strategy="default", tpu="local")
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # progress and errors are printed; library warnings are noise here
-    if not FLAGS.model_dir:
-        sys.exit("error: --model_dir is required.")
     try:
         run(FLAGS.gin_file, FLAGS.gin_param, FLAGS.model_dir, FLAGS.mode, FLAGS.strategy, FLAGS.tpu)
     except UserError as error:
@@ -628,5 +612,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    app.run(main, flags_parser=command_line.parsed_argv)

@@ -264,6 +264,26 @@ def test_saved_model_cli_lists_and_runs_the_signatures(exported):
     assert " ".join(str(t) for t in greedy[0]) in " ".join(run.stdout.replace("[", " ").replace("]", " ").split())
 
 
+GOOD_GENERATE_INPUTS = "prompt_ids=[[1,2,3]];max_new_tokens=4;temperature=0.0;top_k=0;seed=0;stop_id=-1"
+
+
+@pytest.mark.parametrize("signature, inputs, named", [
+    ("serving_default", "token_ids=[[1,2,99]]", "token_ids_has_ids_outside_the_vocabulary_0_13"),
+    ("score", f"token_ids=[[{','.join(['1'] * (MAX_LENGTH + 1))}]]", "token_ids_is_longer_than_the_model_s_maximum_length_64"),
+    ("serving_default", "token_ids=[1,2,3]", "Cannot feed value of shape (3,) for Tensor serving_default_token_ids"),
+    ("generate", GOOD_GENERATE_INPUTS + ";top_p=1.5", "top_p_must_be_in_0_1"),
+    ("generate", GOOD_GENERATE_INPUTS.replace("[[1,2,3]]", "[[1,-2,3]]") + ";top_p=1.0",
+     "prompt_ids_has_ids_outside_the_vocabulary"),
+])
+def test_saved_model_cli_ends_a_bad_request_with_a_line_naming_the_problem(exported, signature, inputs, named):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    run = subprocess.run([cli, "run", "--dir", exported[1], "--tag_set", "serve", "--signature_def", signature,
+                          "--input_exprs", inputs], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    last_line = run.stderr.strip().splitlines()[-1]
+    assert named in last_line, run.stderr[-2000:]
+
+
 # --- the command line, on a trained Routing Transformer -----------------------------------------------------
 
 def test_cli_exports_a_trained_model_that_serves_and_reloads(trained, tmp_path):
