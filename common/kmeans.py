@@ -1,4 +1,5 @@
-"""Online k-means with EMA centroids, as the Routing Transformer's `online_kmeans` defines it.
+"""Online k-means with EMA centroids, as the Routing Transformer's `online_kmeans` defines it (and, with
+`ema=False`, its centroids trained by gradient).
 
 Centroids are per head, `[heads, clusters, dim]`, non-trainable, and updated in the forward pass only when
 `training=True`:
@@ -20,6 +21,11 @@ first replica (aggregation ONLY_FIRST_REPLICA), so they stay identical on every 
 (`common.recompute.remat`) the update runs in the forward pass only, not again in the recompute (the original's
 `not is_recomputing`), so the statistics are taken once per step, and the recompute routes with the centroids
 its forward pass read.
+
+`ema=False` (the original's `ema` hparam off): the centroids are trainable and get no EMA step; the loss is the
+original's `q_loss + beta * e_loss`, where `q_loss = mean((stop_gradient(x) - centroid[assignment])^2)` pulls
+each assigned centroid toward its vectors (by the optimizer) and `e_loss` is the commitment term above. The
+cluster counts are still averaged (`ema_count`), only for the trainer's cluster-size statistics.
 """
 
 import random
@@ -42,10 +48,12 @@ class OnlineKMeans(keras.layers.Layer):
       decay: EMA decay (the Routing Transformer's hparam is 0.999).
       beta: weight of the commitment loss `beta * mean((x - stop_gradient(nearest centroid))^2)`.
       epsilon: Laplace smoothing of the counts (1e-5 in the original).
+      ema: EMA centroids (True, the original's default) or trainable ones learned by gradient (False).
       seed: seed of the initial centroids, `layer_norm(normal())` as in the original.
     """
 
-    def __init__(self, num_heads, num_clusters, decay=0.999, beta=1e-4, epsilon=1e-5, seed=None, **kwargs):
+    def __init__(self, num_heads, num_clusters, decay=0.999, beta=1e-4, epsilon=1e-5, ema=True, seed=None,
+                 **kwargs):
         super().__init__(**kwargs)
         checks.check_positive_int("num_heads", num_heads)
         checks.check_positive_int("num_clusters", num_clusters)
@@ -56,6 +64,7 @@ class OnlineKMeans(keras.layers.Layer):
         self.decay = decay
         self.beta = beta
         self.epsilon = epsilon
+        self.ema = ema
         self.seed = seed
 
     def build(self, input_shape):
@@ -75,13 +84,20 @@ class OnlineKMeans(keras.layers.Layer):
         # Read in float32 under mixed precision (no autocast); every replica computes the same update from the
         # summed statistics and the first one's is written.
         state = dict(trainable=False, autocast=False, aggregation="only_first_replica")
-        self.centroids = self.add_weight(name="centroids", shape=shape, initializer=initial, **state)
-        self.ema_sum = self.add_weight(name="ema_sum", shape=shape, initializer=initial, **state)
+        if self.ema:
+            self.centroids = self.add_weight(name="centroids", shape=shape, initializer=initial, **state)
+            self.ema_sum = self.add_weight(name="ema_sum", shape=shape, initializer=initial, **state)
+        else:  # trained by the optimizer: the usual aggregation of a trainable variable
+            self.centroids = self.add_weight(name="centroids", shape=shape, initializer=initial, trainable=True,
+                                             autocast=False)
         self.ema_count = self.add_weight(name="ema_count", shape=shape[:2], initializer="zeros", **state)
 
     def current_centroids(self):
         """The centroids this step routes with: the variable's value, and in a recompute (`common.recompute`)
-        the value its forward pass read, before that pass's update."""
+        the value its forward pass read, before that pass's update. Without EMA, the variable itself (it moves
+        only in the optimizer's step, and the loss's gradient must reach it)."""
+        if not self.ema:
+            return self.centroids
         return recompute.forward_value(id(self), lambda: ops.copy(self.centroids))  # a read, not the variable
 
     def scores(self, x):
@@ -93,9 +109,15 @@ class OnlineKMeans(keras.layers.Layer):
         return ops.argmax(self.scores(x), axis=-1)
 
     def commitment_loss(self, x, assignment):
-        """beta * mean((x - stop_gradient(centroid[assignment]))^2): gradients reach x, never the centroids."""
-        chosen = ops.stop_gradient(self.assigned_centroids(assignment))
-        return self.beta * ops.mean(ops.square(ops.cast(x, "float32") - chosen))
+        """beta * mean((x - stop_gradient(centroid[assignment]))^2): gradients reach x, never the centroids.
+        Without EMA, plus mean((stop_gradient(x) - centroid[assignment])^2), whose gradient reaches only the
+        centroids (the original's q_loss)."""
+        chosen = self.assigned_centroids(assignment)
+        x = ops.cast(x, "float32")
+        loss = self.beta * ops.mean(ops.square(x - ops.stop_gradient(chosen)))
+        if not self.ema:
+            loss = loss + ops.mean(ops.square(ops.stop_gradient(x) - chosen))
+        return loss
 
     def assigned_centroids(self, assignment):
         """The float32 centroid of every assignment [batch, heads, length] -> [batch, heads, length, dim]
@@ -113,8 +135,11 @@ class OnlineKMeans(keras.layers.Layer):
         return ops.sum(one_hot, axis=(0, 2)), ops.einsum("bhlc,bhld->hcd", one_hot, x)
 
     def apply_statistics(self, count, total):
-        """The EMA step and the centroid assignment."""
+        """The EMA step and the centroid assignment (without EMA centroids, only the count average)."""
         ema_count = self.decay * self.ema_count + (1.0 - self.decay) * count
+        if not self.ema:
+            self.ema_count.assign(ema_count)
+            return
         ema_sum = self.decay * self.ema_sum + (1.0 - self.decay) * total
         n = ops.sum(ema_count, axis=-1, keepdims=True)
         smoothed = (ema_count + self.epsilon) / (n + self.num_clusters * self.epsilon) * n
@@ -144,5 +169,5 @@ class OnlineKMeans(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(num_heads=self.num_heads, num_clusters=self.num_clusters, decay=self.decay,
-                      beta=self.beta, epsilon=self.epsilon, seed=self.seed)
+                      beta=self.beta, epsilon=self.epsilon, ema=self.ema, seed=self.seed)
         return config

@@ -25,6 +25,8 @@ clusters x window ~ length. No length x length tensor, and in training no [clust
 for the backward pass (`common.attention.local.block_attention` recomputes the weights there).
 """
 
+import random
+
 import keras
 from keras import ops
 
@@ -35,19 +37,25 @@ from common.layers import SelfAttention, layer_norm
 from common.layers.autocast import autocast_weights
 from common.serialization import fresh_initializer
 from routing_transformer import decoding
+from routing_transformer.routing_scores import RandomRotation, cluster_scores, hash_bits, num_routing_clusters
 
 
-def _check_routing_inputs(q, k, centroids, window, share_qk, require_coverage):
+def _check_routing_inputs(q, k, centroids, hash_projection, window, share_qk, require_coverage):
     if share_qk and k is not None and k is not q:
         raise ValueError("share_qk=True routes the keys with the queries (k = q); pass k=None or k=q, or set "
                          "share_qk=False to use different keys.")
     checks.check_positive_int("window", window)
-    if len(centroids.shape) != 3:
-        raise ValueError(f"centroids must be [heads, clusters, key_dim]; got shape {tuple(centroids.shape)}.")
-    heads, clusters, dim = centroids.shape
+    if (centroids is None) == (hash_projection is None):
+        raise ValueError("give exactly one of centroids (k-means routing) and hash_projection (hashing).")
+    name, table = ("centroids", centroids) if centroids is not None else ("hash_projection", hash_projection)
+    if len(table.shape) != 3:
+        raise ValueError(f"{name} must be [heads, {'clusters' if centroids is not None else 'bits'}, key_dim]; "
+                         f"got shape {tuple(table.shape)}.")
+    heads, _, dim = table.shape
     if (q.shape[1] is not None and q.shape[1] != heads) or (q.shape[-1] is not None and q.shape[-1] != dim):
-        raise ValueError(f"centroids {tuple(centroids.shape)} do not match q {tuple(q.shape)}: need heads "
+        raise ValueError(f"{name} {tuple(table.shape)} do not match q {tuple(q.shape)}: need heads "
                          f"{q.shape[1]} and key_dim {q.shape[-1]}.")
+    clusters = num_routing_clusters(centroids, hash_projection)
     length = q.shape[2]
     if require_coverage and length is not None and clusters * window < length:
         raise ValueError(f"clusters x window = {clusters} x {window} = {clusters * window} does not cover the "
@@ -64,15 +72,17 @@ ROUTINGS = ("balanced", "causal")
 KEY_UPDATES = ("separate", "joint")
 
 
-def routing_attention(q, k, v, *, centroids, window, causal=True, share_qk=True, routing="balanced", scale=1.0,
-                      relative_keys=None, relative_values=None, dropout_rate=0.0, seed=None,
-                      require_coverage=False):
-    """Attention inside k-means clusters.
+def routing_attention(q, k, v, *, window, centroids=None, hash_projection=None, causal=True, share_qk=True,
+                      routing="balanced", scale=1.0, relative_keys=None, relative_values=None, dropout_rate=0.0,
+                      seed=None, require_coverage=False):
+    """Attention inside k-means clusters (or, with `hash_projection`, inside hash buckets).
 
     Args:
       q: [batch, heads, length, key_dim]. k: the same, or None with `share_qk`. v: [batch, heads, length,
         value_dim].
       centroids: [heads, clusters, key_dim]; they receive no gradient.
+      hash_projection: [heads, bits, key_dim], in place of centroids: routing by random-projection hashing
+        into 2**bits buckets, the original's `hash_items` baseline (`routing_transformer.routing_scores`).
       window: tokens per cluster (the original's `sparsity_cluster_attention_window`). A sequence shorter
         than `window` puts every token in every cluster, as the original's fast decoding does (its blanked
         future positions rank last), so that incremental decoding has a definition for short prefixes.
@@ -99,16 +109,15 @@ def routing_attention(q, k, v, *, centroids, window, causal=True, share_qk=True,
         raise ValueError(f"unknown routing {routing!r}; choose one of {ROUTINGS}.")
     if routing == "causal" and not share_qk:
         raise ValueError("routing='causal' needs share_qk=True (queries and keys share one cluster order).")
-    _check_routing_inputs(q, k, centroids, window, share_qk, require_coverage)
+    _check_routing_inputs(q, k, centroids, hash_projection, window, share_qk, require_coverage)
     k = q if share_qk else k
     checks.check_qkv(q, k, v)
     checks.check_self_attention(q, k)
     relative.check_relative_tables(relative_keys, relative_values, q.shape[-1], v.shape[-1])
-    centroids = ops.stop_gradient(ops.cast(centroids, q.dtype))
     queries = layer_norm(q)
     keys = queries if share_qk else layer_norm(k)
-    q_scores = ops.einsum("bhld,hcd->bhcl", queries, centroids)
-    k_scores = q_scores if share_qk else ops.einsum("bhld,hcd->bhcl", keys, centroids)
+    q_scores = cluster_scores(queries, centroids, hash_projection)
+    k_scores = q_scores if share_qk else cluster_scores(keys, centroids, hash_projection)
     aux = {
         "queries": queries,
         "keys": keys,
@@ -225,6 +234,10 @@ class RoutingAttention(SelfAttention):
       max_relative_position: clipping distance of the relative tables; 0 for none.
       local_relative, routing_relative: which heads use relative positions (separate tables).
       decay, beta: k-means EMA decay and commitment-loss weight.
+      ema: centroids move by the k-means EMA (the original's default); False trains them by gradient with the
+        original's loss `q_loss + beta * e_loss` (`common.kmeans.OnlineKMeans`).
+      hash_items: route by random-projection hashing into `num_clusters` buckets (a power of two) instead of
+        k-means: the original's `hash_items` baseline; no centroids, no clustering loss.
       key_update: with share_qk=False, how keys update the centroids: "separate" (the original, which calls
         `cluster_items` for the queries and for the keys: two EMA steps per batch, queries then keys) or
         "joint" (one EMA step from the queries and keys together).
@@ -238,8 +251,8 @@ class RoutingAttention(SelfAttention):
                  block_size=256, look_back=1, share_qk=True, routing="balanced", causal=True,
                  max_relative_position=0,
                  local_relative=True, routing_relative=True, decay=0.999, beta=1e-4, key_update="separate",
-                 require_coverage=False, head_projection=True, dropout=0.0, kernel_initializer="glorot_uniform",
-                 output_initializer=None, output_dim=None, seed=None, **kwargs):
+                 ema=True, hash_items=False, require_coverage=False, head_projection=True, dropout=0.0,
+                 kernel_initializer="glorot_uniform", output_initializer=None, output_dim=None, seed=None, **kwargs):
         checks.check_positive_int("local_heads", local_heads, minimum=0)
         checks.check_positive_int("routing_heads", routing_heads, minimum=0)
         super().__init__(**dict(
@@ -255,6 +268,8 @@ class RoutingAttention(SelfAttention):
         if routing_heads:
             checks.check_positive_int("num_clusters", num_clusters)
             checks.check_positive_int("window", window)
+            if hash_items:
+                hash_bits(num_clusters)
         self.local_heads = local_heads
         self.routing_heads = routing_heads
         self.num_clusters = num_clusters
@@ -269,10 +284,15 @@ class RoutingAttention(SelfAttention):
         self.decay = decay
         self.beta = beta
         self.key_update = key_update
+        self.ema = ema
+        self.hash_items = hash_items
         self.require_coverage = require_coverage
         self.head_projection = head_projection
-        self.kmeans = OnlineKMeans(routing_heads, num_clusters, decay=decay, beta=beta, seed=seed,
-                                   name="kmeans") if routing_heads else None
+        self.hash_seed = None  # the projection's seed: a stateless draw wherever it runs, as k-means' centroids
+        if routing_heads and hash_items:
+            self.hash_seed = seed if seed is not None else random.randrange(2**31)
+        self.kmeans = OnlineKMeans(routing_heads, num_clusters, decay=decay, beta=beta, ema=ema, seed=seed,
+                                   name="kmeans") if routing_heads and not hash_items else None
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -286,6 +306,11 @@ class RoutingAttention(SelfAttention):
                                                            initializer=fresh_initializer(self.kernel_initializer))
         if self.kmeans is not None:
             self.kmeans.build((None, self.routing_heads, None, self.key_dim))
+        self.hash_projection = None
+        if self.routing_heads and self.hash_items:
+            self.hash_projection = self.add_weight(
+                name="hash_projection", shape=(self.routing_heads, hash_bits(self.num_clusters), self.key_dim),
+                initializer=RandomRotation(self.hash_seed), trainable=False, autocast=False)
         self.head_kernel = None
         if self.head_projection:
             self.head_kernel = self.add_weight(name="head_kernel", shape=(self.value_dim, self.value_dim),
@@ -319,7 +344,9 @@ class RoutingAttention(SelfAttention):
 
     def routing_options(self):
         """The routing heads' kernel and decoder options."""
-        return dict(centroids=self.kmeans.current_centroids(), window=self.window, causal=self.causal,
+        routes = (dict(centroids=self.kmeans.current_centroids()) if self.kmeans is not None else
+                  dict(hash_projection=self.hash_projection))
+        return dict(routes, window=self.window, causal=self.causal,
                     share_qk=self.share_qk, routing=self.routing, relative_keys=self.routing_relative_keys,
                     relative_values=self.routing_relative_values, require_coverage=self.require_coverage)
 
@@ -337,7 +364,7 @@ class RoutingAttention(SelfAttention):
 
     def attend(self, q, k, v, training=None):
         heads, aux = self.attend_heads(q, k, v, training)
-        if aux is not None:
+        if aux is not None and self.kmeans is not None:
             # As the original: one term for the queries and one for the keys (twice the same with share_qk,
             # computed once).
             query_loss = self.kmeans.commitment_loss(aux["queries"], aux["query_assignment"])
@@ -401,8 +428,8 @@ class RoutingAttention(SelfAttention):
                       look_back=self.look_back, share_qk=self.share_qk, routing=self.routing,
                       max_relative_position=self.routing_max_relative_position,
                       local_relative=self.local_relative, routing_relative=self.routing_relative,
-                      decay=self.decay, beta=self.beta, key_update=self.key_update,
-                      require_coverage=self.require_coverage, head_projection=self.head_projection)
+                      decay=self.decay, beta=self.beta, key_update=self.key_update, ema=self.ema,
+                      hash_items=self.hash_items, require_coverage=self.require_coverage, head_projection=self.head_projection)
         return config
 
 

@@ -54,11 +54,11 @@ scores), so `RoutingAttention` calls `start` and `step` itself.
 """
 
 import tensorflow as tf
-from keras import ops
 
 from common import kv_cache
 from common.attention.decoding import attend_gathered, require_causal
 from common.layers import layer_norm
+from routing_transformer.routing_scores import cluster_scores, num_routing_clusters
 
 
 def _rows_from_prompt(x, max_length):
@@ -84,11 +84,6 @@ def _read_rows(cache, positions, rows, num_rows):
     return tf.reshape(entries, tf.concat([tf.shape(index), [cache.element_shape[-1]]], axis=0))
 
 
-def _scores(x, centroids):
-    """Scores of normalised x [b, h, l, d] against the centroids, [b, h, clusters, l], as the full kernel."""
-    return ops.einsum("bhld,hcd->bhcl", x, ops.cast(centroids, x.dtype))
-
-
 def _check(routing, share_qk, causal):
     require_causal(causal, "routing")
     if routing not in ("balanced", "causal"):
@@ -97,15 +92,15 @@ def _check(routing, share_qk, causal):
         raise ValueError("routing='causal' needs share_qk=True (queries and keys share one cluster order).")
 
 
-def start(q, k, v, max_length, *, centroids, window, routing, share_qk, causal=True, require_coverage=False,
-          **unused_options):
+def start(q, k, v, max_length, *, window, routing, share_qk, centroids=None, hash_projection=None, causal=True,
+          require_coverage=False, **unused_options):
     """The routing heads' cache of a prompt: q, k (None with share_qk) and v [batch, heads, n, dim].
 
     With `require_coverage`, decoding up to `max_length` must keep clusters x window >= the length, as the full
     kernel requires (InvalidArgumentError otherwise).
     """
     _check(routing, share_qk, causal)
-    clusters = centroids.shape[1]
+    clusters = num_routing_clusters(centroids, hash_projection)
     if require_coverage:
         tf.debugging.assert_less_equal(
             tf.cast(max_length, tf.int32), clusters * window,
@@ -114,13 +109,14 @@ def start(q, k, v, max_length, *, centroids, window, routing, share_qk, causal=T
     queries = layer_norm(q)
     keys = queries if share_qk else layer_norm(k)
     cache = {"keys": _rows_from_prompt(keys, max_length), "values": _rows_from_prompt(v, max_length)}
-    query_scores = _scores(queries, centroids)
+    query_scores = cluster_scores(queries, centroids, hash_projection)
     if routing == "causal":
         assignment = tf.argmax(query_scores, axis=2, output_type=tf.int32)
         cache.update(_prompt_windows(assignment, clusters, window, max_length))
         return cache
     cache["key_scores"] = kv_cache.from_prompt(
-        tf.transpose(query_scores if share_qk else _scores(keys, centroids), [0, 1, 3, 2]), max_length)
+        tf.transpose(query_scores if share_qk else cluster_scores(keys, centroids, hash_projection), [0, 1, 3, 2]),
+        max_length)
     if not share_qk:
         cache["query_scores"] = kv_cache.from_prompt(tf.transpose(query_scores, [0, 1, 3, 2]), max_length)
     return cache
@@ -146,8 +142,8 @@ def _prompt_windows(assignment, clusters, window, max_length):
     return {"windows": _rows_from_prompt(windows, max_length), "latest": latest}
 
 
-def step(q, k, v, cache, position, *, centroids, window, routing, share_qk, causal=True, scale=1.0,
-         relative_keys=None, relative_values=None, **unused_options):
+def step(q, k, v, cache, position, *, window, routing, share_qk, centroids=None, hash_projection=None, causal=True,
+         scale=1.0, relative_keys=None, relative_values=None, **unused_options):
     """The routing heads at `position`: q, k (None with share_qk), v [batch, heads, 1, dim] of the new token.
 
     Returns (out [batch, heads, 1, value_dim], cache); see the module docstring for what it equals and costs.
@@ -160,12 +156,13 @@ def step(q, k, v, cache, position, *, centroids, window, routing, share_qk, caus
     keys = queries if share_qk else layer_norm(k)
     cache = dict(cache, keys=_write_rows(cache["keys"], position, keys[:, :, 0]),
                  values=_write_rows(cache["values"], position, v[:, :, 0]))
-    query_scores = _scores(queries, centroids)[..., 0]
+    query_scores = cluster_scores(queries, centroids, hash_projection)[..., 0]
     options = dict(scale=scale, relative_keys=relative_keys, relative_values=relative_values)
     if routing == "causal":
         return _causal_step(queries, query_scores, cache, position, rows, num_rows, window, options)
     cache["key_scores"] = kv_cache.write(cache["key_scores"], position,
-                                         (query_scores if share_qk else _scores(keys, centroids)[..., 0])[:, :, None])
+                                         (query_scores if share_qk else
+                                          cluster_scores(keys, centroids, hash_projection)[..., 0])[:, :, None])
     if not share_qk:
         cache["query_scores"] = kv_cache.write(cache["query_scores"], position, query_scores[:, :, None])
     return _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, options)

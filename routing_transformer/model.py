@@ -38,7 +38,9 @@ class RoutingTransformerLM(DecoderLM):
     `routing_attention`); `routing="causal"` is strictly causal. `block_size` and `look_back` are the local
     heads' query block and the number of previous blocks they see (the original's `query_shape` and
     `memory_flange / query_shape`). With `share_qk=False`, `key_update` says whether keys make a k-means step
-    of their own ("separate", the original) or share the queries' ("joint"). `mixed_precision` computes in
+    of their own ("separate", the original) or share the queries' ("joint"). `ema=False` trains the centroids
+    by gradient instead of the k-means EMA, and `hash_items=True` routes by random-projection hashing into
+    `num_clusters` buckets instead (the original's LSH baseline; see `RoutingAttention`). `mixed_precision` computes in
     bfloat16 with float32 variables, k-means state, softmax and logits.
 
     `target_dropout` replaces input ids by 0 in training (see `DecoderLM`; wikitext-103 uses 0.25).
@@ -54,7 +56,8 @@ class RoutingTransformerLM(DecoderLM):
                  max_relative_position=1024,
                  local_relative=True, routing_relative=True, skip_first=0, dropout=0.1, attention_dropout=0.0,
                  ffn_dropout=0.0, input_dropout=None, target_dropout=0.0, norm_epsilon=1e-6, decay=0.999, beta=1e-4,
-                 key_update="separate", require_coverage=False, position_axes=None, channel_embeddings=False,
+                 key_update="separate", ema=True, hash_items=False, require_coverage=False, position_axes=None,
+                 channel_embeddings=False,
                  initializer=None, mixed_precision=False, seed=None, embedding_dropout=0.0,
                  project_embeddings=False, **kwargs):
         num_heads = local_heads + routing_heads
@@ -77,7 +80,7 @@ class RoutingTransformerLM(DecoderLM):
             attention_dropout=attention_dropout, ffn_dropout=ffn_dropout, input_dropout=input_dropout,
             embedding_dropout=embedding_dropout, project_embeddings=project_embeddings,
             target_dropout=target_dropout, norm_epsilon=norm_epsilon, decay=decay, beta=beta,
-            key_update=key_update, require_coverage=require_coverage,
+            key_update=key_update, ema=ema, hash_items=hash_items, require_coverage=require_coverage,
             position_axes=list(position_axes) if position_axes else None, channel_embeddings=channel_embeddings,
             initializer=keras.initializers.serialize(initializer), mixed_precision=mixed_precision, seed=seed)
         attention = []
@@ -89,8 +92,8 @@ class RoutingTransformerLM(DecoderLM):
                 num_clusters=num_clusters, window=window, block_size=block_size, look_back=look_back,
                 share_qk=share_qk, routing=routing, max_relative_position=max_relative_position,
                 local_relative=local_relative,
-                routing_relative=routing_relative, decay=decay, beta=beta, key_update=key_update,
-                require_coverage=require_coverage,
+                routing_relative=routing_relative, decay=decay, beta=beta, key_update=key_update, ema=ema,
+                hash_items=hash_items, require_coverage=require_coverage,
                 dropout=attention_dropout, kernel_initializer=initializer,
                 seed=None if seed is None else seed + i, dtype=kwargs.get("dtype")))
         position_initializer = None

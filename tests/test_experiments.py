@@ -54,7 +54,7 @@ def _expected_dataset(path):
 def test_the_issue_experiments_exist():
     expected = {
         "routing_transformer": {"enwik8_8k", "enwik8_12k", "wikitext103_4k", "pg19_8k", "imagenet64", "cifar10",
-                                "enwik8_local_8k", "wikitext103_local_4k", "pg19_local_8k"},
+                                "enwik8_local_8k", "wikitext103_local_4k", "pg19_local_8k", "wikitext103_hash_4k"},
         "sparse_transformer": {"enwik8", "cifar10", "imagenet64"},
         "combiner": {f"{data}_6l_{variant}" for data in ("cifar10", "imagenet64")
                      for variant in ("fixed", "logsparse", "axial", "mixture")}
@@ -105,6 +105,8 @@ BOUND_OPTIONS = {
     "routing_transformer/wikitext103_4k.gin": dict(target_dropout=0.25, embedding_dropout=0.4, input_dropout=None,
                                                    dropout=0.1, project_embeddings=True),
     "routing_transformer/wikitext103_local_4k.gin": dict(target_dropout=0.25, routing_heads=0),
+    "routing_transformer/wikitext103_hash_4k.gin": dict(hash_items=True, routing_heads=8, num_clusters=8,
+                                                        ema=True),
     "routing_transformer/cifar10.gin": dict(channel_embeddings=True, position_axes=[32, 32, 3], block_size=256,
                                             look_back=1, dropout=0.3),
     "routing_transformer/imagenet64.gin": dict(channel_embeddings=True, position_axes=[64, 64, 3], block_size=256,

@@ -215,3 +215,80 @@ def test_initial_centroids_are_normalised_and_seeded():
 def test_invalid_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         OnlineKMeans(**kwargs)
+
+
+# --- ema=False: centroids trained by gradient -----------------------------------------------------------------
+
+def _gradient_layer(beta=0.5):
+    layer = OnlineKMeans(HEADS, CLUSTERS, decay=DECAY, beta=beta, epsilon=EPS, ema=False, seed=3)
+    layer.build((None, HEADS, None, DIM))
+    layer.centroids.assign(_known_state()[0])
+    return layer
+
+
+def test_without_ema_the_centroids_are_trainable_and_there_is_no_ema_sum():
+    layer = _gradient_layer()
+    assert [id(w) for w in layer.trainable_weights] == [id(layer.centroids)]
+    assert [id(w) for w in layer.non_trainable_weights] == [id(layer.ema_count)]
+    assert not hasattr(layer, "ema_sum")
+
+
+def test_without_ema_the_loss_is_q_loss_plus_beta_e_loss_with_the_original_gradients():
+    """loss = mean((sg(x) - c)^2) + beta * mean((x - sg(c))^2): d/dc = 2 (c - x) / size summed over the vectors
+    assigned to c, d/dx = 2 beta (x - c) / size."""
+    beta = 0.5
+    layer = _gradient_layer(beta)
+    centroids = np.asarray(layer.centroids, np.float64)
+    x = tf.constant(np.random.default_rng(6).standard_normal((BATCH, HEADS, LENGTH, DIM)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = layer.commitment_loss(x, layer.nearest(x))
+    grad_x, grad_c = tape.gradient(loss, [x, layer.centroids])
+    xs = np.asarray(x, np.float64)
+    assignment = _np_assignment(xs, centroids)
+    chosen = centroids[np.arange(HEADS)[None, :, None], assignment]
+    size = xs.size
+    np.testing.assert_allclose(float(loss), (1 + beta) * np.mean((xs - chosen) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad_x), 2 * beta * (xs - chosen) / size, rtol=1e-5, atol=1e-7)
+    want_c = np.zeros_like(centroids)
+    for b, h, t in np.ndindex(BATCH, HEADS, LENGTH):
+        want_c[h, assignment[b, h, t]] += 2 * (chosen[b, h, t] - xs[b, h, t]) / size
+    np.testing.assert_allclose(np.asarray(tf.convert_to_tensor(grad_c)), want_c, rtol=1e-5, atol=1e-7)
+
+
+def test_without_ema_training_moves_only_the_count_average():
+    state = _known_state()
+    layer = _gradient_layer()
+    x = _inputs(state[0])
+    layer(tf.constant(x), training=True)
+    np.testing.assert_array_equal(np.asarray(layer.centroids), state[0])
+    count, _, _ = _np_statistics(x, _np_assignment(x, state[0]))
+    np.testing.assert_allclose(np.asarray(layer.ema_count), (1 - DECAY) * count, rtol=1e-6)
+
+
+def test_without_ema_an_optimizer_step_moves_the_centroids_against_the_gradient():
+    layer = _gradient_layer()
+    before = np.asarray(layer.centroids).copy()
+    x = tf.constant(_inputs(before))
+    optimizer = keras.optimizers.SGD(learning_rate=0.1)
+    with tf.GradientTape() as tape:
+        loss = layer.commitment_loss(x, layer.nearest(x))
+    gradient = tape.gradient(loss, layer.centroids)
+    optimizer.apply_gradients([(gradient, layer.centroids)])
+    np.testing.assert_allclose(np.asarray(layer.centroids),
+                               before - 0.1 * np.asarray(tf.convert_to_tensor(gradient)), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(np.asarray(layer.centroids), before)
+    # Toward the vectors: the q_loss falls.
+    after = layer.commitment_loss(x, layer.nearest(x))
+    assert float(after) < float(loss)
+
+
+def test_without_ema_the_config_and_a_keras_round_trip_keep_the_trained_centroids():
+    layer = OnlineKMeans(HEADS, CLUSTERS, ema=False, seed=3)
+    assert OnlineKMeans.from_config(layer.get_config()).ema is False
+    x = _inputs(_known_state()[0])
+    inputs = keras.Input(shape=x.shape[1:])
+    model = keras.Model(inputs, layer(inputs))
+    layer.centroids.assign(_known_state()[0])
+    restored = check_keras_round_trip(model, x)
+    np.testing.assert_array_equal(np.asarray(restored.layers[-1].centroids), _known_state()[0])

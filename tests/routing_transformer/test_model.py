@@ -150,6 +150,33 @@ def test_remat_gives_the_gradients_of_the_plain_model():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=weight.path)
 
 
+@pytest.mark.parametrize("remat", [False, True])
+def test_without_ema_a_jit_fit_step_trains_the_centroids_by_their_gradient(remat):
+    """ema=False: the centroids are trainable, an SGD step moves them by -lr x the gradient of the loss (the
+    original's q_loss pulls them toward their vectors), under remat too, and the round trip keeps them."""
+    model = _model(ema=False, remat=remat, dropout=0.0)
+    ids = _ids(9)
+    model(ids)
+    routing = model.routing_layers()
+    centroids = [layer.kmeans.centroids for layer in routing]
+    trainable = {id(w) for w in model.trainable_weights}
+    assert all(id(c) in trainable for c in centroids)
+    initial = model.get_weights()
+    with tf.GradientTape() as tape:
+        loss = LanguageModelLoss()(ids, model(ids, training=True)) + sum(model.losses)
+    gradients = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, centroids)]
+    assert all(np.abs(g).max() > 0 for g in gradients)
+    model.set_weights(initial)
+    before = [np.asarray(c).copy() for c in centroids]
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=LanguageModelLoss(), jit_compile=True)
+    model.train_on_batch(ids, ids)
+    for centroid, b, g in zip(centroids, before, gradients):
+        np.testing.assert_allclose(np.asarray(centroid), b - 0.5 * g, rtol=1e-4, atol=1e-6)
+    restored = check_keras_round_trip(model, ids)
+    for layer, loaded in zip(routing, restored.routing_layers()):
+        np.testing.assert_array_equal(np.asarray(loaded.kmeans.centroids), np.asarray(layer.kmeans.centroids))
+
+
 def test_fit_loss_includes_commitment_losses():
     model = _model(beta=1.0, dropout=0.0)
     ids = _ids(4)
