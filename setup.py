@@ -20,7 +20,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+    # jax (CPU): the tests that run every kernel and family under Keras' JAX backend (tests/test_jax_backend.py).
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "jax[cpu]==0.10.*"],
     "bench": ["psutil>=5.9"],
 }
 

@@ -14,10 +14,11 @@ L = 2 position 1 never sees 0), which breaks full attention; this follows the pa
 A length known only at run time (a serving signature) needs a bound `max_length`: the kernel then runs the
 levels of `max_length` with block counts computed from the run-time length. A level with 2^l >= length is a
 no-op (no position below 2^l has bit l set: its logits are masked, its one block has no predecessor), so the
-output is the static one. A longer run-time length fails a TensorFlow check (`checked_length`).
+output is the static one. A longer run-time length fails a TensorFlow check (`checked_length`); only
+TensorFlow graphs have run-time lengths, so TensorFlow is imported only there and the kernel runs on any Keras
+backend.
 """
 
-import tensorflow as tf
 from keras import ops
 
 from combiner.cummax import shift
@@ -31,7 +32,10 @@ def num_levels(length):
 
 
 def checked_length(x, max_length):
-    """The run-time length of x [batch, heads, length, dim], checked to be at most `max_length`."""
+    """The run-time length of x [batch, heads, length, dim], checked to be at most `max_length` (a TensorFlow
+    graph's; other backends have static shapes)."""
+    import tensorflow as tf  # a run-time length exists only in a TensorFlow graph: TensorFlow is loaded
+
     length = tf.shape(x)[2]
     check = tf.debugging.assert_less_equal(
         length, max_length, message=f"Combiner-Logsparse got a sequence longer than its max_length {max_length}")

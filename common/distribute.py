@@ -15,6 +15,7 @@ import os
 
 import tensorflow as tf
 
+from common import kmeans
 from common.command_line import STRATEGIES  # the --strategy names, known before TensorFlow loads
 
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -94,3 +95,7 @@ def replica_sum(tensors):
     if context is None or context.num_replicas_in_sync == 1:
         return tensors
     return context.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
+
+
+kmeans.set_replica_sum(replica_sum)  # the k-means statistics of a step are those of the global batch
+

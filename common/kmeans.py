@@ -16,8 +16,9 @@ original does; all-zero vectors (padding) are not counted. Counts are kept per h
 `[batch, heads, length, clusters]` one-hot through a reshape to `[-1, heads, clusters]` without a transpose,
 which mixes the counts of different heads when there is more than one; here each head counts its own tokens.
 `count` and `sum` are sums over the batch: under tf.distribute, `update` sums them over the replicas before the
-EMA, so every replica applies the update of the whole global batch, and the variables are written from the
-first replica (aggregation ONLY_FIRST_REPLICA), so they stay identical on every replica. Under recomputation
+EMA (through the hook `set_replica_sum`, which `common.distribute` installs), so every replica applies the
+update of the whole global batch, and the variables are written from the first replica (aggregation
+ONLY_FIRST_REPLICA), so they stay identical on every replica. Under recomputation
 (`common.recompute.remat`) the update runs in the forward pass only, not again in the recompute (the original's
 `not is_recomputing`), so the statistics are taken once per step, and the recompute routes with the centroids
 its forward pass read.
@@ -35,8 +36,17 @@ from keras import ops
 
 from common import recompute
 from common.attention import checks
-from common.distribute import replica_sum
 from common.layers.normalization import layer_norm
+
+_replica_sum = None
+
+
+def set_replica_sum(function):
+    """Installs how `update` sums the batch statistics (a tuple of tensors) over data-parallel replicas:
+    `common.distribute` installs tf.distribute's when it is imported (the trainer does); None (the default, any
+    backend) sums nothing, which is right for one device. Keeps this library free of TensorFlow."""
+    global _replica_sum
+    _replica_sum = function
 
 
 @keras.saving.register_keras_serializable(package="common")
@@ -152,7 +162,8 @@ class OnlineKMeans(keras.layers.Layer):
         summed over the replicas (the update of the concatenated batch). Nothing while recomputing."""
         if recompute.is_recomputing():
             return
-        self.apply_statistics(*replica_sum(self.statistics(x, assignment)))
+        statistics = self.statistics(x, assignment)
+        self.apply_statistics(*(statistics if _replica_sum is None else _replica_sum(statistics)))
 
     def call(self, x, training=None):
         """Assigns `x` [batch, heads, length, dim] to centroids, updates them when training, and adds the
