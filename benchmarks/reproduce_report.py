@@ -194,6 +194,7 @@ def claim_section(data, settings, claim, plot_path):
                      f"{first['steps']:,} | {first['tokens']:,} | {per_step[0]:.2f} | "
                      + ", ".join(f"{r['bits_per_byte']:.3f}" for r in records) + " |")
     lines += budget_note(runs, held, claim)
+    lines += load_note(runs)
     sweep = sweep_runs(data, settings, claim.name)
     if sweep:
         rates = sorted({lr for by_rate in sweep.values() for lr in by_rate})
@@ -228,6 +229,20 @@ def budget_note(runs, held, claim):
                 f"{means[best]:.3f} against {held['xz_bits_per_byte']:.3f} bits/byte): at this budget the models "
                 "have learned little beyond byte statistics, so the quality comparisons test little of what the "
                 "claim is about; more --steps would."]
+
+
+def load_note(runs):
+    """When other processes used more than the harness's busy share of the CPU during some reported runs: a
+    sentence saying so, since their s/step and the equal-time view carry that load (the bits/byte at a step do
+    not: a seed fixes them); else nothing."""
+    records = [r for records in runs.values() for r in records]
+    busy = [r["others_cpu_share"] for r in records if r.get("others_cpu_share", 0.0) > harness.BUSY_SHARE]
+    if not busy:
+        return []
+    low, high = round(100 * min(busy)), round(100 * max(busy))
+    return ["", f"Timing disturbed: other processes used {low if low == high else f'{low}-{high}'}% of the CPU "
+                f"during {len(busy)} of these {len(records)} runs, so their s/step and the equal-time view are "
+                "slower than on an idle machine; the equal-step bits/byte are not affected."]
 
 
 def plot_claim(data, settings, claim, path):

@@ -174,6 +174,15 @@ def test_a_claim_whose_arms_are_all_worse_than_xz_says_the_runs_are_too_short():
     assert "3.400 against 1.600" in " ".join(reproduce_report.budget_note(runs, {"xz_bits_per_byte": 1.6}, claim))
 
 
+def test_runs_timed_under_load_are_named_in_the_report():
+    runs = {"local": [{"others_cpu_share": 0.02}, {"others_cpu_share": 0.35}],
+            "routing_causal": [{"others_cpu_share": 0.15}]}
+    note = " ".join(reproduce_report.load_note(runs))
+    assert "15-35% of the CPU during 2 of these 3 runs" in note and "equal-time view" in note
+    runs = {"local": [{"others_cpu_share": 0.02}], "routing_causal": [{}]}
+    assert reproduce_report.load_note(runs) == []
+
+
 def test_readme_section_is_replaced_and_the_rest_kept():
     text = f"# Title\n\nintro\n{reproduce_report.README_START}\nold\n{reproduce_report.README_END}\ntail\n"
     assert reproduce_report.replace_section(text, "new\n") == (

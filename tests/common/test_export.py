@@ -307,7 +307,8 @@ def test_cli_exports_a_trained_model_that_serves_and_reloads(trained, tmp_path):
         token_ids=[ids.tolist()], prompts=[[[100, 101, 102]]],
         generate=dict(GENERATE_ARGUMENTS, max_new_tokens=5)), tmp_path)
     np.testing.assert_allclose(np.array(results["logits"][0]), np.asarray(model(ids)), atol=1e-5)
-    assert np.array(results["generated"][0]).shape == (1, 5)
+    np.testing.assert_array_equal(np.array(results["generated"][0]),
+                                  _generate_in_process(model, [[100, 101, 102]], max_new_tokens=5))
     assert results["centroids_before"] and results["centroids_after"] == results["centroids_before"]
 
 

@@ -68,13 +68,26 @@ def test_fit_step_in_bfloat16_is_close_to_float32(family, jit):
 
     ids = np.random.default_rng(1).integers(0, VOCAB, (4, LENGTH)).astype(np.int32)
     assert model(ids).dtype == "float32"
+    initial = [np.asarray(w, np.float64) for w in reference.weights]
     want, got = _fit(reference, ids, jit), _fit(model, ids, jit)
     assert np.all(np.isfinite(got)), got
     assert abs(got[0] - math.log(VOCAB)) < 0.5  # a fresh model is near uniform
     np.testing.assert_allclose(got, want, rtol=2e-2)  # before and after one step
-    for source, target in zip(reference.weights, model.weights):  # k-means state included
+    # The two steps' updates, not the weights (which two small steps barely move): every weight that float32
+    # moved, k-means state included, moved the same way in bfloat16.
+    moved = 0
+    for start, source, target in zip(initial, reference.weights, model.weights):
         assert target.dtype == "float32"
-        np.testing.assert_allclose(np.asarray(target), np.asarray(source), rtol=2e-2, atol=5e-3, err_msg=target.path)
+        want_update, got_update = np.asarray(source) - start, np.asarray(target) - start
+        if np.abs(want_update).max() < 1e-6:  # no gradient (e.g. a key bias, which softmax cancels): bfloat16's
+            assert np.abs(got_update).max() < 1e-4, target.path  # rounding noise moves it far less than lr 1e-3
+            continue
+        moved += 1
+        cosine = np.sum(want_update * got_update) / (np.linalg.norm(want_update) * np.linalg.norm(got_update))
+        assert cosine > 0.9, (target.path, cosine)
+        np.testing.assert_allclose(np.linalg.norm(got_update), np.linalg.norm(want_update), rtol=0.1,
+                                   err_msg=target.path)
+    assert moved >= len(reference.trainable_weights) - 2, moved  # (an unused relative table may not move)
 
 
 @pytest.mark.usefixtures("clean_gin")
