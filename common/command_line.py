@@ -100,6 +100,8 @@ def _check_export():
 def _demo_flags():
     flags.DEFINE_string("demo_dir", os.path.join("runs", "quickstart"), "Where the demo writes its model.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default ~/tensorflow_datasets).")
+    flags.DEFINE_multi_string("gin_param", [], "Bindings on top of quickstart.gin, e.g. "
+                                               "'Experiment.train_steps = 50' for a shorter demo.")
 
 
 TOOLS = {  # tool: (define its flags, check them: an error message or None)

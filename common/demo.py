@@ -1,9 +1,11 @@
 """`make demo`: train the quickstart Routing Transformer on the local corpus, then evaluate and sample.
 
 Trains `gin_configs/quickstart.gin` (300 steps of about a second each on 2 CPU cores; rerunning resumes or,
-once finished, only evaluates), scores the first `Experiment.eval_batches` batches of the validation split (262,144 bytes), reports
-bits per byte next to `xz -9` on exactly those bytes with a sentence on what the comparison means, prints a
-sample, and says where the checkpoint, the TensorBoard logs and the operative gin config are.
+once finished, only evaluates), scores the first `Experiment.eval_batches` batches of the validation split
+(262,144 bytes), reports bits per byte next to `xz -9` on exactly those bytes with a sentence on what the
+comparison means, prints a sample, and says where the checkpoint, the TensorBoard logs and the operative gin
+config are. About 6 minutes on an idle 2-core machine (371 s measured, install excluded). `--gin_param` adds
+bindings on top of quickstart.gin.
 """
 
 import json
@@ -22,6 +24,7 @@ from common import command_line, sample, train  # noqa: E402
 FLAGS = flags.FLAGS
 
 PROMPT = "def "
+SAMPLE_LENGTH = 300  # bytes to generate, or fewer: the prompt and the sample fit the model's context
 
 
 def xz_bits_per_byte(text):
@@ -59,7 +62,7 @@ def meaning(bits, xz, tokens):
 def main(argv):
     del argv
     train.logging.set_verbosity(train.logging.ERROR)
-    params = [f"Experiment.data_dir = {FLAGS.data_dir!r}"] if FLAGS.data_dir else []
+    params = ([f"Experiment.data_dir = {FLAGS.data_dir!r}"] if FLAGS.data_dir else []) + FLAGS.gin_param
     try:
         results = train.run(["quickstart.gin"], params, FLAGS.demo_dir, "train_and_eval")
         model, experiment = sample.load_trained_model(FLAGS.demo_dir)
@@ -68,7 +71,8 @@ def main(argv):
     text = train.evaluated_bytes(experiment)
     xz = xz_bits_per_byte(text)
     bits = results["bits_per_token"]  # byte-level: one token per byte
-    continuation = sample.sample_text(model, PROMPT, 300, experiment.sequence_length, temperature=0.8, top_k=40,
+    length = min(SAMPLE_LENGTH, experiment.sequence_length - len(PROMPT.encode("utf-8")))
+    continuation = sample.sample_text(model, PROMPT, length, experiment.sequence_length, temperature=0.8, top_k=40,
                                       seed=0)
     tokens = results["step"] * experiment.batch_size * experiment.sequence_length
     print("\n=== demo results ===")

@@ -1,8 +1,8 @@
 """`block_sparse_attention`: attention driven by a block layout, as in OpenAI's blocksparse and DeepSpeed.
 
-The layout is a boolean array [heads (or 1), query_blocks, key_blocks] (see `sparse_transformer.layouts` for
-DeepSpeed-style ones). Each query block gathers only its active key blocks, padded to the largest count of any
-row, so time and memory are O(length x active blocks per row x block_size), never length x length. Inside the
+The layout is a boolean array [heads (or 1), query_blocks, key_blocks] (see `examples.block_layouts.layouts`
+for DeepSpeed-style ones). Each query block gathers only its active key blocks, padded to the largest count of
+any row, so time and memory are O(length x active blocks per row x block_size), never length x length. Inside the
 active blocks an exact element mask applies: causality (j <= i) when `causal`, and `keep` when given (e.g. a
 stride or summary that is not a multiple of the block). As in DeepSpeed, a layout built for a maximum length
 serves every shorter one: the length is padded to whole blocks and the layout cut to them.

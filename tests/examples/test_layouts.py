@@ -1,9 +1,9 @@
-"""Block layouts (sparse_transformer/layouts.py) against hand-worked arrays, OpenAI's fixed layout and §1.5 counts."""
+"""Block layouts (examples/block_layouts/layouts.py) against hand-worked arrays, OpenAI's fixed layout and §1.5 counts."""
 
 import numpy as np
 import pytest
 
-from sparse_transformer import layouts
+from examples.block_layouts import layouts
 
 
 def grid(*rows):

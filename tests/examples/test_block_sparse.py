@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from common.attention import dense_attention
-from sparse_transformer import attention_mask, block_sparse_attention, sparse_attention
+from examples.block_layouts import block_sparse_attention
+from sparse_transformer import attention_mask, sparse_attention
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1:UserWarning")
 
