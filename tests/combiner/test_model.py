@@ -125,9 +125,11 @@ def test_shipped_gin_config_parses():
     assert model.preset["variant"] == "fixed" and model.preset["segment_length"] ** 2 == experiment.sequence_length
 
 
-@pytest.mark.parametrize("kwargs", [dict(hidden_dim=17), dict(num_heads=0), dict(variant="dense"),
-                                    dict(segment_length=0), dict(max_length=0), dict(local_summary="max"),
-                                    dict(qk_ratio=0.0), dict(qk_ratio=0.05)])
-def test_invalid_arguments_raise(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(hidden_dim=17), "hidden_dim 17"), (dict(num_heads=0), "num_heads"), (dict(variant="dense"), "'dense'"),
+    (dict(segment_length=0), "segment_length"), (dict(max_length=0), "max_length"),
+    (dict(local_summary="max"), "local_summary 'max'"), (dict(qk_ratio=0.0), "qk_ratio"),
+    (dict(qk_ratio=0.05), "qk_ratio")])
+def test_invalid_arguments_raise_naming_the_argument(kwargs, named):
+    with pytest.raises(ValueError, match=named):
         _model(**kwargs)

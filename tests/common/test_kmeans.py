@@ -207,13 +207,13 @@ def test_initial_centroids_are_normalised_and_seeded():
     np.testing.assert_array_equal(np.asarray(a.ema_count), 0)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(num_heads=2, num_clusters=0), dict(num_heads=2, num_clusters=-1), dict(num_heads=2, num_clusters=2.0),
-    dict(num_heads=2, num_clusters=True), dict(num_heads=0, num_clusters=2),
-    dict(num_heads=2, num_clusters=2, decay=1.0), dict(num_heads=2, num_clusters=2, decay=-0.1),
-    dict(num_heads=2, num_clusters=2, decay=1.5)])
-def test_invalid_arguments_raise(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(num_heads=2, num_clusters=0), "num_clusters"), (dict(num_heads=2, num_clusters=-1), "num_clusters"),
+    (dict(num_heads=2, num_clusters=2.0), "num_clusters"), (dict(num_heads=2, num_clusters=True), "num_clusters"),
+    (dict(num_heads=0, num_clusters=2), "num_heads"), (dict(num_heads=2, num_clusters=2, decay=1.0), "decay"),
+    (dict(num_heads=2, num_clusters=2, decay=-0.1), "decay"), (dict(num_heads=2, num_clusters=2, decay=1.5), "decay")])
+def test_invalid_arguments_raise_naming_the_argument(kwargs, named):
+    with pytest.raises(ValueError, match=named):
         OnlineKMeans(**kwargs)
 
 

@@ -325,9 +325,11 @@ def test_gradients_reach_q_and_v_not_centroids():
         assert np.all(np.abs(grad[count > 0]).max(-1) > 0.0)
 
 
-@pytest.mark.parametrize("case", ["coverage", "centroid_heads", "centroid_dim", "window_zero", "centroid_rank",
-                                  "routing"])
-def test_bad_inputs_raise(case):
+@pytest.mark.parametrize("case, named", [
+    ("coverage", "does not cover the sequence length 8"), ("centroid_heads", "do not match q"),
+    ("centroid_dim", "do not match q"), ("window_zero", "window must be"), ("centroid_rank", "centroids must be"),
+    ("routing", "unknown routing 'nearest'")])
+def test_bad_inputs_raise_naming_the_problem(case, named):
     rng = np.random.default_rng(13)
     q, v = tf.constant(_normal(rng, 1, 2, 8, 4)), tf.constant(_normal(rng, 1, 2, 8, 3))
     centroids = tf.constant(_normal(rng, 2, 3, 4))
@@ -344,7 +346,7 @@ def test_bad_inputs_raise(case):
         options.update(centroids=tf.constant(_normal(rng, 2, 3)))
     elif case == "routing":
         options.update(routing="nearest")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=named):
         routing_attention(q, None, v, **options)
     # The valid neighbours of the bad cases run.
     routing_attention(q, None, v, centroids=centroids, window=8)

@@ -188,14 +188,15 @@ def test_config_round_trip_keeps_routing_options():
     assert clone.max_relative_position == 0  # local_relative=False: no local tables
 
 
-@pytest.mark.parametrize("kwargs", [dict(local_heads=-1, routing_heads=1), dict(local_heads=1, routing_heads=1.5),
-                                    dict(local_heads=1, routing_heads=1, num_clusters=0),
-                                    dict(local_heads=1, routing_heads=1, window=0),
-                                    dict(local_heads=1, routing_heads=1, routing="nearest"),
-                                    dict(local_heads=1, routing_heads=1, share_qk=False, key_update="both"),
-                                    dict(local_heads=0, routing_heads=0)])
-def test_invalid_arguments_raise(kwargs):
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(local_heads=-1, routing_heads=1), "local_heads"), (dict(local_heads=1, routing_heads=1.5), "routing_heads"),
+    (dict(local_heads=1, routing_heads=1, num_clusters=0), "num_clusters"),
+    (dict(local_heads=1, routing_heads=1, window=0), "window"),
+    (dict(local_heads=1, routing_heads=1, routing="nearest"), "routing 'nearest'"),
+    (dict(local_heads=1, routing_heads=1, share_qk=False, key_update="both"), "key_update 'both'"),
+    (dict(local_heads=0, routing_heads=0), "num_heads")])
+def test_invalid_arguments_raise_naming_the_argument(kwargs, named):
     options = dict(BASE)
     options.update(kwargs)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=named):
         RoutingAttention(**options)

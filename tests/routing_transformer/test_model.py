@@ -255,9 +255,11 @@ def test_image_embeddings_and_target_dropout_round_trip_after_a_jit_fit_step():
     assert restored.channel_embeddings and restored.target_dropout == 0.25
 
 
-@pytest.mark.parametrize("kwargs", [dict(hidden_dim=30), dict(local_heads=3, routing_heads=2, hidden_dim=32),
-                                    dict(skip_first=4), dict(skip_first=-1), dict(local_heads=0, routing_heads=0),
-                                    dict(target_dropout=1.0), dict(channel_embeddings=True)])
-def test_invalid_arguments_raise(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(hidden_dim=30), "hidden_dim 30"), (dict(local_heads=3, routing_heads=2, hidden_dim=32), "= 5"),
+    (dict(skip_first=4), "skip_first"), (dict(skip_first=-1), "skip_first"),
+    (dict(local_heads=0, routing_heads=0), "= 0"), (dict(target_dropout=1.0), "target_dropout"),
+    (dict(channel_embeddings=True), "channel_embeddings needs position_axes")])
+def test_invalid_arguments_raise_naming_the_argument(kwargs, named):
+    with pytest.raises(ValueError, match=named):
         _model(**kwargs)
