@@ -43,4 +43,6 @@ def test_trains_and_evaluates_from_gin(corpus, tmp_path):
     train.run([], params, str(tmp_path / "model"), "eval")
     with open(os.path.join(tmp_path, "model", "eval_results.json")) as f:
         results = json.load(f)
-    assert np.isfinite(results["bits_per_byte"]) and 0 < results["bits_per_byte"] < 9
+    # The zero-initialised output head starts at exactly 8 bits/byte (uniform over 256 bytes); three steps on
+    # byte statistics bring it below (7.93 measured): the model trained, not merely ran.
+    assert np.isfinite(results["bits_per_byte"]) and results["bits_per_byte"] < 7.98, results
