@@ -236,7 +236,7 @@ def load_note(runs):
     sentence saying so, since their s/step and the equal-time view carry that load (the bits/byte at a step do
     not: a seed fixes them); else nothing."""
     records = [r for records in runs.values() for r in records]
-    busy = [r["others_cpu_share"] for r in records if r.get("others_cpu_share", 0.0) > harness.BUSY_SHARE]
+    busy = [r["others_cpu_share"] for r in records if "others_cpu_share" in r and harness.disturbed(r)]
     if not busy:
         return []
     low, high = round(100 * min(busy)), round(100 * max(busy))

@@ -22,15 +22,20 @@ FLAGS = flags.FLAGS
 _parsed_argv = None
 
 
-def missing_gin_files(gin_files):
-    """The gin files that exist neither as given nor under gin_configs/."""
-    return [path for path in gin_files
-            if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_CONFIGS, path))]
-
-
 def resolve_gin_file(path):
     """`path` as given if it exists, else under gin_configs/."""
     return path if os.path.exists(path) else os.path.join(GIN_CONFIGS, path)
+
+
+def missing_gin_files(gin_files):
+    """The gin files that exist neither as given nor under gin_configs/."""
+    return [path for path in gin_files if not os.path.exists(resolve_gin_file(path))]
+
+
+def gin_files_problem(gin_files):
+    """One line naming the first gin file that does not exist, or None."""
+    missing = missing_gin_files(gin_files)
+    return f"gin file {missing[0]!r} does not exist (looked in . and {GIN_CONFIGS})." if missing else None
 
 
 def _gin_flags():
@@ -39,10 +44,7 @@ def _gin_flags():
 
 
 def _check_gin_files():
-    missing = missing_gin_files(FLAGS.gin_file)
-    if missing:
-        return f"gin file {missing[0]!r} does not exist (looked in . and {GIN_CONFIGS})."
-    return None
+    return gin_files_problem(FLAGS.gin_file)
 
 
 def _train_flags():

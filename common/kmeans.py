@@ -138,13 +138,15 @@ class OnlineKMeans(keras.layers.Layer):
         return ops.take(table, rows, axis=0)
 
     def statistics(self, x, assignment):
-        """Per-head (count [heads, clusters], sum [heads, clusters, dim]) of this batch (this replica's share)."""
+        """Per-head (count [heads, clusters], sum [heads, clusters, dim]) of this batch (this replica's share);
+        without EMA centroids (count,) alone, all the count average needs."""
         x = ops.stop_gradient(ops.cast(x, "float32"))
         one_hot = ops.one_hot(ops.cast(assignment, "int32"), self.num_clusters)
         one_hot = one_hot * ops.cast(ops.any(ops.not_equal(x, 0.0), axis=-1), "float32")[..., None]
-        return ops.sum(one_hot, axis=(0, 2)), ops.einsum("bhlc,bhld->hcd", one_hot, x)
+        count = ops.sum(one_hot, axis=(0, 2))
+        return (count, ops.einsum("bhlc,bhld->hcd", one_hot, x)) if self.ema else (count,)
 
-    def apply_statistics(self, count, total):
+    def apply_statistics(self, count, total=None):
         """The EMA step and the centroid assignment (without EMA centroids, only the count average)."""
         ema_count = self.decay * self.ema_count + (1.0 - self.decay) * count
         if not self.ema:

@@ -144,9 +144,9 @@ def parse_config(gin_files, gin_params):
     register_configurables()
     gin.clear_config()  # Each parse starts from nothing (and unlocks a config finalised before).
     gin.add_config_file_search_path(GIN_CONFIGS)
-    missing = command_line.missing_gin_files(gin_files)
-    if missing:
-        raise UserError(f"gin file {missing[0]!r} does not exist (looked in . and {GIN_CONFIGS}).")
+    problem = command_line.gin_files_problem(gin_files)
+    if problem:
+        raise UserError(problem)
     resolved = [command_line.resolve_gin_file(path) for path in gin_files]
     try:
         with quiet_gin_search():

@@ -37,7 +37,8 @@ from common.layers import SelfAttention, layer_norm
 from common.layers.autocast import autocast_weights
 from common.serialization import fresh_initializer
 from routing_transformer import decoding
-from routing_transformer.routing_scores import RandomRotation, cluster_scores, hash_bits, num_routing_clusters
+from routing_transformer.routing_scores import (RandomRotation, cluster_scores, hash_bits, num_routing_clusters,
+                                                routing_table)
 
 
 def _check_routing_inputs(q, k, centroids, hash_projection, window, share_qk, require_coverage):
@@ -45,9 +46,7 @@ def _check_routing_inputs(q, k, centroids, hash_projection, window, share_qk, re
         raise ValueError("share_qk=True routes the keys with the queries (k = q); pass k=None or k=q, or set "
                          "share_qk=False to use different keys.")
     checks.check_positive_int("window", window)
-    if (centroids is None) == (hash_projection is None):
-        raise ValueError("give exactly one of centroids (k-means routing) and hash_projection (hashing).")
-    name, table = ("centroids", centroids) if centroids is not None else ("hash_projection", hash_projection)
+    name, table = routing_table(centroids, hash_projection)
     if len(table.shape) != 3:
         raise ValueError(f"{name} must be [heads, {'clusters' if centroids is not None else 'bits'}, key_dim]; "
                          f"got shape {tuple(table.shape)}.")

@@ -19,12 +19,19 @@ import keras
 from keras import ops
 
 
+def routing_table(centroids=None, hash_projection=None):
+    """(name, table) of the one way to route given: ("centroids", centroids) or ("hash_projection", ...);
+    ValueError unless exactly one is given."""
+    if (centroids is None) == (hash_projection is None):
+        raise ValueError("give exactly one of centroids (k-means routing) and hash_projection (hashing).")
+    return ("centroids", centroids) if centroids is not None else ("hash_projection", hash_projection)
+
+
 def cluster_scores(x, centroids=None, hash_projection=None):
     """Scores of normalised x [batch, heads, length, dim] for every cluster, [batch, heads, clusters, length]:
     dot products with `centroids` [heads, clusters, dim], or with `hash_projection` [heads, bits, dim] the
     one-hot of x's bucket. No gradient reaches the centroids or the projection."""
-    if (centroids is None) == (hash_projection is None):
-        raise ValueError("give exactly one of centroids (k-means routing) and hash_projection (hashing).")
+    routing_table(centroids, hash_projection)
     if centroids is not None:
         return ops.einsum("bhld,hcd->bhcl", x, ops.stop_gradient(ops.cast(centroids, x.dtype)))
     buckets = hash_buckets(x, hash_projection)

@@ -175,11 +175,11 @@ def test_a_claim_whose_arms_are_all_worse_than_xz_says_the_runs_are_too_short():
 
 
 def test_runs_timed_under_load_are_named_in_the_report():
-    runs = {"local": [{"others_cpu_share": 0.02}, {"others_cpu_share": 0.35}],
-            "routing_causal": [{"others_cpu_share": 0.15}]}
+    runs = {"local": [{"status": "ok", "others_cpu_share": 0.02}, {"status": "ok", "others_cpu_share": 0.35}],
+            "routing_causal": [{"status": "ok", "others_cpu_share": 0.15}]}
     note = " ".join(reproduce_report.load_note(runs))
     assert "15-35% of the CPU during 2 of these 3 runs" in note and "equal-time view" in note
-    runs = {"local": [{"others_cpu_share": 0.02}], "routing_causal": [{}]}
+    runs = {"local": [{"status": "ok", "others_cpu_share": 0.02}], "routing_causal": [{"status": "ok"}]}
     assert reproduce_report.load_note(runs) == []
 
 
