@@ -237,3 +237,36 @@ def test_experiments_table_cells_show_the_miniature_labelled_as_such(quick_run):
                                f" | miniature only: {sum(fixed) / len(fixed):.3f} held-out bits/byte")
     assert lines[1].endswith("not this experiment |") and lines[0] == readme.split("\n")[0]
     assert lines[2] == readme.split("\n")[2]  # no miniature of that one
+
+
+def longer_copy(data, settings, claim, steps, seeds, shift):
+    """`data` plus a copy of `claim`'s runs (only `seeds`) as if trained for `steps`, bits raised by `shift`."""
+    longer = dataclasses.replace(settings, steps=steps)
+    runs, base = dict(data["runs"]), json.loads(json.dumps(dataclasses.asdict(settings)))
+    for record in data["runs"].values():
+        if record["claim"] == claim and record["seed"] in seeds and record["settings"] == base:
+            key = reproduce.run_key(longer, claim, record["arm"], record["learning_rate"], record["seed"])
+            runs[key] = dict(record, bits_per_byte=record["bits_per_byte"] + shift,
+                             settings=dataclasses.asdict(longer))
+    return dict(data, runs=runs)
+
+
+@pytest.mark.slow
+def test_each_claim_is_reported_at_its_longest_finished_reproduction(quick_run):
+    argv, stem, data = quick_run
+    settings = reproduce.settings_of(reproduce.parse_args(argv))
+    longer = longer_copy(data, settings, "routing", settings.steps * 4, (0, 1), shift=1.0)
+    reported = reproduce_report.reported_settings(longer, settings, "routing")
+    assert reported.steps == settings.steps * 4 and reported.key() != settings.key()
+    assert reproduce_report.reported_settings(longer, settings, "sparse") == settings
+    local = [r["bits_per_byte"] for r in reproduce_report.main_runs(longer, reported, "routing")["local"]]
+    assert local == [r["bits_per_byte"] + 1.0 for r in reproduce_report.main_runs(data, settings, "routing")["local"]]
+    report, _ = reproduce_report.render(longer, settings, stem)
+    routing_row = next(line for line in report.splitlines() if line.startswith("| routing: routing + local"))
+    assert f"local {reproduce_report.fmt(local)}" in routing_row
+    assert f"steps per run: routing {settings.steps * 4}, sparse {settings.steps}, combiner {settings.steps}" in report
+    sparse_rows = [line for line in report.splitlines() if line.startswith("| sparse: ")]
+    assert sparse_rows == [line for line in reproduce_report.claims_table(data, settings) if line.startswith("| sparse: ")]
+    # A longer reproduction with one seed per arm is unfinished: the claim stays at the length it has finished.
+    partial = longer_copy(data, settings, "routing", settings.steps * 8, (0,), shift=2.0)
+    assert reproduce_report.reported_settings(partial, settings, "routing") == settings
