@@ -12,7 +12,7 @@ from combiner.logsparse import num_levels
 from combiner.summaries import LOCAL_SUMMARIES
 from common.attention import dense_attention
 from tests.combiner import _reference as ref
-from tests.kernel_checks import square_tensors
+from tests.kernel_checks import assert_weights_exactly_on, causal_support, effective_matrix, square_tensors
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1:UserWarning")  # 1 key
 
@@ -72,15 +72,9 @@ def test_effective_matrix_is_full_attention(variant, causal, length, segment_len
     """kernel(q, k, eye): causal rows are positive on j <= i, zero on j > i; bidirectional rows are positive
     everywhere; every row sums to 1."""
     q, k, _ = _inputs(length * 10 + segment_length, length)
-    matrix = _run(q, k, _eye(length), **_options(variant, causal, segment_length))
+    matrix = effective_matrix(combiner_attention, q, k, **_options(variant, causal, segment_length))
     assert matrix.shape == (1, HEADS, length, length)
-    np.testing.assert_allclose(matrix.sum(-1), 1.0, rtol=0, atol=1e-5)
-    if causal:
-        below = np.tril(np.ones((length, length), bool))
-        assert (matrix[..., below] > 0).all()
-        assert (matrix[..., ~below] == 0).all()
-    else:
-        assert (matrix > 0).all()
+    assert_weights_exactly_on(matrix, causal_support(length, length) if causal else True)
 
 
 @pytest.mark.parametrize("row_summary", ["wsum", "proj", "wsum_proj"])

@@ -9,6 +9,7 @@ import tensorflow as tf
 from common.attention import dense_attention
 from common.layers import layer_norm
 from routing_transformer.attention import routing_attention
+from tests.kernel_checks import effective_matrix
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -24,12 +25,8 @@ def _np_layer_norm(x, eps=1e-6):
 
 
 def _effective(q, centroids, window, **options):
-    """The kernel's effective attention matrix [batch, heads, length, length] (it is linear in v)."""
-    batch, heads, length, _ = q.shape
-    eye = tf.broadcast_to(tf.eye(length), (batch, heads, length, length))
-    out, _ = routing_attention(tf.constant(q), None, eye, centroids=tf.constant(centroids), window=window,
-                               **options)
-    return np.asarray(out)
+    """The kernel's effective attention matrix [batch, heads, length, length] (shared QK: k is None)."""
+    return effective_matrix(routing_attention, q, None, centroids=tf.constant(centroids), window=window, **options)
 
 
 def _np_members(q, centroids, window):

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from common.attention import dense_attention, get_kernel
 from sparse_transformer import attention_mask, sparse_attention
-from tests.kernel_checks import square_tensors
+from tests.kernel_checks import assert_weights_exactly_on, effective_matrix, square_tensors
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1:UserWarning")  # 1 key
 
@@ -82,12 +82,8 @@ def test_effective_matrix_is_the_row_normalised_mask(pattern, causal):
     True, rows summing to 1 (to 0 for a query that sees no key, e.g. summary alone)."""
     length, stride, summary, heads = 14, 4, 1, 4
     q, k, _ = _inputs(3, length, heads)
-    eye = tf.constant(np.broadcast_to(np.eye(length, dtype=np.float32), (2, heads, length, length)).copy())
-    matrix = np.asarray(sparse_attention(q, k, eye, **_options(pattern, causal, stride, summary)))
-    mask = np.broadcast_to(np.asarray(_mask(length, heads, pattern, causal, stride, summary)), matrix.shape)
-    assert (matrix[~mask] == 0).all()
-    assert (matrix[mask] > 0).all()
-    np.testing.assert_allclose(matrix.sum(-1), mask.any(-1).astype(np.float32), rtol=0, atol=1e-5)
+    matrix = effective_matrix(sparse_attention, q, k, **_options(pattern, causal, stride, summary))
+    assert_weights_exactly_on(matrix, np.asarray(_mask(length, heads, pattern, causal, stride, summary)))
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from common.attention import dense_attention, local_attention, local_mask
 from tests.common.attention import _reference as ref
-from tests.kernel_checks import square_tensors
+from tests.kernel_checks import assert_weights_exactly_on, effective_matrix, square_tensors
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1:UserWarning")  # length 1
 
@@ -95,14 +95,10 @@ def test_local_with_covering_window_equals_dense():
 def test_effective_attention_matrix():
     length = 21
     q, k, _ = _inputs(4, length)
-    eye = tf.constant(np.broadcast_to(np.eye(length, dtype=np.float32), (1, HEADS, length, length)))
     for causal, look_ahead in MODES:
-        matrix = local_attention(q, k, eye, block_size=4, look_back=1, look_ahead=look_ahead,
-                                 causal=causal).numpy()
-        keep = ref.local_mask(length, 4, 1, look_ahead, causal)
-        np.testing.assert_allclose(matrix.sum(-1), np.ones((1, HEADS, length)), **TOL)
-        assert (matrix[..., ~keep] == 0).all()
-        assert (matrix[..., keep] > 0).all()
+        matrix = effective_matrix(local_attention, q, k, block_size=4, look_back=1, look_ahead=look_ahead,
+                                  causal=causal)
+        assert_weights_exactly_on(matrix, ref.local_mask(length, 4, 1, look_ahead, causal))
 
 
 GRADIENT_CASES = [
