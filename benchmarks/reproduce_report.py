@@ -2,7 +2,8 @@
 the zoo's (mean and range over seeds, at equal steps and at equal training time) and a verdict word, the
 learning-rate sweep, learning curves per claim, and the README section "The papers' claims, in miniature".
 
-Verdicts (lower bits/byte is better; spread = the larger range over seeds of the two arms compared):
+Verdicts (lower bits/byte is better; spread = the larger range over seeds of the two arms compared; an arm with
+a single seed has no spread, so its comparisons are `inconclusive`):
 - beats: gap = baseline mean - arm mean; `holds` if gap > spread, `does not hold` if gap < -spread, else
   `inconclusive`; against several baselines every one must hold.
 - matches: margin = 2% of the baseline mean - (arm mean - baseline mean); the same rule on the margin.
@@ -54,17 +55,21 @@ def main_runs(data, settings, claim):
 
 def reported_settings(data, settings, claim):
     """The settings `claim` is reported under: its longest reproduction in the JSON that differs from `settings`
-    only in the step count and has at least two seeds of every arm; else `settings`. So a claim run longer in
-    parts (`--claims=routing --steps=256`) is reported at that length beside claims run at the default."""
-    def but_steps(fields):  # JSON-normalised (a tuple and the list it is saved as compare equal)
-        return {k: v for k, v in json.loads(json.dumps(fields)).items() if k != "steps"}
+    only in the step count and the swept learning rates (more rates first at equal length) and has at least two
+    seeds of every arm; else `settings`. So a claim run longer in parts (`--claims=routing --steps=384`) is
+    reported at that length beside claims run at the default."""
+    variable = ("steps", "learning_rates")
 
-    wanted = but_steps(dataclasses.asdict(settings))
-    lengths = {record["settings"]["steps"] for record in data["runs"].values()
-               if record.get("claim") == claim and "settings" in record and but_steps(record["settings"]) == wanted}
+    def fixed_fields(fields):  # JSON-normalised (a tuple and the list it is saved as compare equal)
+        return {k: v for k, v in json.loads(json.dumps(fields)).items() if k not in variable}
+
+    wanted = fixed_fields(dataclasses.asdict(settings))
+    found = {(record["settings"]["steps"], tuple(record["settings"]["learning_rates"]))
+             for record in data["runs"].values()
+             if record.get("claim") == claim and "settings" in record and fixed_fields(record["settings"]) == wanted}
     arms = claim_specs.CLAIMS[claim].arms
-    for steps in sorted(lengths, reverse=True):
-        candidate = dataclasses.replace(settings, steps=steps)
+    for steps, rates in sorted(found, key=lambda found: (found[0], len(found[1])), reverse=True):
+        candidate = dataclasses.replace(settings, steps=steps, learning_rates=rates)
         runs = main_runs(data, candidate, claim)
         if all(len(runs.get(arm, ())) >= 2 for arm in arms):
             return candidate
@@ -109,8 +114,8 @@ def stats(values):
 def judge(kind, arm_values, baseline_values):
     """The verdict word of one arm against one baseline (see the module docstring)."""
     arm, base = stats(arm_values), stats(baseline_values)
-    if arm is None or base is None:
-        return "inconclusive"
+    if arm is None or base is None or min(len(arm_values), len(baseline_values)) < 2:
+        return "inconclusive"  # one seed has no spread to judge a gap by
     spread = max(arm[2] - arm[1], base[2] - base[1])
     if kind == "matches":
         gap = claim_specs.MATCH_TOLERANCE * base[0] - (arm[0] - base[0])

@@ -130,6 +130,7 @@ def test_arms_differ_only_in_attention():
     assert routing["local"].preset["routing_heads"] == 0 and routing["routing_causal"].preset["routing"] == "causal"
     same = {k for k, v in routing["local"].preset.items() if routing["routing_causal"].preset[k] == v}
     assert set(routing["local"].preset) - same == {"local_heads", "routing_heads", "num_clusters", "routing"}
+    assert routing["routing_causal"].preset["decay"] == claims.ROUTING_DECAY == 0.99  # a miniature's k-means EMA
     with pytest.raises(ValueError, match="no arm"):
         claims.build_arm(256, claim="sparse", arm="axial")
     with pytest.raises(ValueError, match="byte"):
@@ -143,6 +144,8 @@ def test_arms_differ_only_in_attention():
     ("matches", [3.25, 3.26], [3.2, 3.21], "holds"),  # 1.7% worse: within 2%
     ("matches", [3.5, 3.51], [3.2, 3.21], "does not hold"),
     ("matches", [3.2, 3.5], [3.2, 3.21], "inconclusive"),
+    ("beats", [3.0], [3.2, 3.21], "inconclusive"),  # one seed: no spread to judge the gap by
+    ("beats", [3.0, 3.01], [3.2], "inconclusive"),
 ])
 def test_verdict_rule(kind, arm, baseline, verdict):
     assert reproduce_report.judge(kind, arm, baseline) == verdict
@@ -239,9 +242,10 @@ def test_experiments_table_cells_show_the_miniature_labelled_as_such(quick_run):
     assert lines[2] == readme.split("\n")[2]  # no miniature of that one
 
 
-def longer_copy(data, settings, claim, steps, seeds, shift):
-    """`data` plus a copy of `claim`'s runs (only `seeds`) as if trained for `steps`, bits raised by `shift`."""
-    longer = dataclasses.replace(settings, steps=steps)
+def longer_copy(data, settings, claim, steps, seeds, shift, learning_rates=None):
+    """`data` plus a copy of `claim`'s runs (only `seeds`) as if trained for `steps` (and swept over
+    `learning_rates`, default the same), bits raised by `shift`."""
+    longer = dataclasses.replace(settings, steps=steps, learning_rates=learning_rates or settings.learning_rates)
     runs, base = dict(data["runs"]), json.loads(json.dumps(dataclasses.asdict(settings)))
     for record in data["runs"].values():
         if record["claim"] == claim and record["seed"] in seeds and record["settings"] == base:
@@ -265,8 +269,15 @@ def test_each_claim_is_reported_at_its_longest_finished_reproduction(quick_run):
     routing_row = next(line for line in report.splitlines() if line.startswith("| routing: routing + local"))
     assert f"local {reproduce_report.fmt(local)}" in routing_row
     assert f"steps per run: routing {settings.steps * 4}, sparse {settings.steps}, combiner {settings.steps}" in report
-    sparse_rows = [line for line in report.splitlines() if line.startswith("| sparse: ")]
-    assert sparse_rows == [line for line in reproduce_report.claims_table(data, settings) if line.startswith("| sparse: ")]
+    def sparse_rows(lines):
+        return [line for line in lines if line.startswith("| sparse: ")]
+
+    assert sparse_rows(report.splitlines()) == sparse_rows(reproduce_report.claims_table(data, settings))
     # A longer reproduction with one seed per arm is unfinished: the claim stays at the length it has finished.
     partial = longer_copy(data, settings, "routing", settings.steps * 8, (0,), shift=2.0)
     assert reproduce_report.reported_settings(partial, settings, "routing") == settings
+    # The same length swept over other rates is reported too (the sweep table shows which).
+    resweep = longer_copy(data, settings, "routing", settings.steps * 4, (0, 1), shift=1.0,
+                          learning_rates=tuple(reversed(settings.learning_rates)))
+    assert reproduce_report.reported_settings(resweep, settings, "routing").learning_rates == tuple(
+        reversed(settings.learning_rates))
