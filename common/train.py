@@ -427,6 +427,7 @@ def train(experiment, model_dir, strategy=None):
     evaluating_s = 0.0  # in-loop evaluation, left out of the training clock
     window_tokens, window_time = 0.0, time.time()
     out_of_time = False
+    eval_step = None  # compiled at the first in-loop evaluation, reused by the later ones
     while int(step.numpy()) < experiment.train_steps and not out_of_time:
         metrics = train_step(next(iterator))
         step.assign_add(1)
@@ -460,9 +461,10 @@ def train(experiment, model_dir, strategy=None):
             save(checkpoint, manager, model_dir, current, strategy)
         if experiment.eval_every and current % experiment.eval_every == 0 and not last:
             eval_start = time.time()
+            eval_step = eval_step or make_eval_step(model, experiment, strategy)
             with averaged_weights(model, optimizer) if experiment.eval_ema else contextlib.nullcontext():
                 results = evaluate_model(model, info, experiment, current, model_dir, strategy,
-                                         train_seconds=clock_offset + trained_s)
+                                         train_seconds=clock_offset + trained_s, eval_step=eval_step)
             print(f"step {current}  eval bits/token {results['bits_per_token']:.4f}", flush=True)
             evaluating_s += time.time() - eval_start
             window_time += time.time() - eval_start
@@ -513,18 +515,27 @@ def evaluate(experiment, model_dir, strategy=None):
     return results
 
 
-def evaluate_model(model, info, experiment, step, model_dir, strategy=None, train_seconds=None, progress=False):
-    """The model's metrics on `experiment.eval_split` (all of it, or `eval_batches` batches), also written as
-    TensorBoard scalars under model_dir/eval at `step` (by the chief), with the `train_seconds` the model had
-    trained for, if given (for curves against time). Every replica scores its share of each batch.
-    progress: print batches done (and time left, when `eval_batches` says how many) as training does."""
-    strategy = strategy or tf.distribute.get_strategy()
+def make_eval_step(model, experiment, strategy):
+    """The (compiled, if `experiment.jit_compile`) step of an evaluation: (total nats, tokens) of a global
+    batch, each replica scoring its share. It reads the model's variables when called, so one step serves every
+    evaluation of a run (a new one per evaluation would be traced and compiled again each time)."""
 
     def replica_eval(batch):
         _, metrics = loss_and_metrics(model, distribute.replica_share(batch), training=False)
         return metrics["total_nats"], metrics["tokens"]
 
-    eval_step = step_function(strategy, replica_eval, experiment.jit_compile)
+    return step_function(strategy, replica_eval, experiment.jit_compile)
+
+
+def evaluate_model(model, info, experiment, step, model_dir, strategy=None, train_seconds=None, progress=False,
+                   eval_step=None):
+    """The model's metrics on `experiment.eval_split` (all of it, or `eval_batches` batches), also written as
+    TensorBoard scalars under model_dir/eval at `step` (by the chief), with the `train_seconds` the model had
+    trained for, if given (for curves against time). Every replica scores its share of each batch.
+    progress: print batches done (and time left, when `eval_batches` says how many) as training does.
+    eval_step: the model's `make_eval_step`, to reuse one across evaluations (default: a new one)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    eval_step = eval_step or make_eval_step(model, experiment, strategy)
 
     dataset = make_dataset(experiment, experiment.eval_split, training=False)
     if experiment.eval_batches:

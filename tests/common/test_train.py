@@ -305,6 +305,22 @@ def test_eval_every_evaluates_during_training(corpus, clean_gin, tmp_path):
     assert 0.0 < scalars["bits_per_token"][2] < 16.0
 
 
+def test_in_loop_evaluations_share_one_compiled_step_that_reads_the_current_weights(corpus, clean_gin, tmp_path,
+                                                                                      monkeypatch):
+    made, make = [], train.make_eval_step
+
+    def counted(*args):
+        made.append(make(*args))
+        return made[-1]
+
+    monkeypatch.setattr(train, "make_eval_step", counted)
+    params = tiny_params(corpus, train_steps=4, checkpoint_every=4, eval_every=1, eval_batches=1)
+    train_in_process(params, str(tmp_path))
+    bits = read_scalars(str(tmp_path / "eval"))["bits_per_token"]
+    assert sorted(bits) == [1, 2, 3] and len(made) == 1  # three evaluations, one step traced
+    assert len(set(bits.values())) == 3  # each scored the weights of its step
+
+
 def test_train_seconds_stops_with_a_checkpoint_and_resume_gets_a_new_budget(corpus, tmp_path, capsys):
     # A budget smaller than one step: each run trains exactly one step, checkpoints it and says why it stopped.
     params = tiny_params(corpus, train_steps=100, checkpoint_every=50, train_seconds=1e-6)
