@@ -21,7 +21,7 @@ $(STAMP): setup.py
 demo: install
 	$(PY) -m common.demo
 
-# The three papers' claims in miniature (about 2 hours on 2 idle CPU cores; resumable, --claims= selects some).
+# The three papers' claims in miniature (3.3 hours of runs on 2 CPU cores, measured; resumable, --claims= selects some).
 reproduce: install
 	$(PY) -m benchmarks.reproduce
 
