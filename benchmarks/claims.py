@@ -11,7 +11,6 @@ import dataclasses
 import gin
 import keras
 
-from combiner.attention import CombinerAttention
 from combiner.model import CombinerLM
 from common.models import DecoderLM
 from routing_transformer.model import RoutingTransformerLM
