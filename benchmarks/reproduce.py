@@ -101,8 +101,12 @@ def seconds_per_step(train_curve):
 
 
 def train_run(settings, claim, arm, learning_rate, seed, data_dir=None):
-    """Trains and scores one run in this process (test split, then validation); returns its record."""
+    """Trains and scores one run in this process (test split, then validation); returns its record. The trained
+    model is scored as it is, by one compiled evaluation step for both splits: rebuilding it from the checkpoint
+    for each would build the model and compile the step twice."""
     import tempfile
+
+    import tensorflow as tf
 
     from common import curves, train
 
@@ -111,10 +115,15 @@ def train_run(settings, claim, arm, learning_rate, seed, data_dir=None):
         before = harness.cpu_seconds()
         model = train.train(experiment, model_dir)
         others_share = harness.others_cpu_share(before, harness.cpu_seconds())
-        results = train.evaluate(experiment, model_dir)
         train_curve = curves.curve(curves.read_scalars(os.path.join(model_dir, "train")))
+        info = train.dataset_info(experiment)
+        eval_step = train.make_eval_step(model, experiment, tf.distribute.get_strategy())
+        step, seconds = train_curve[-1][0], train_curve[-1][1]
+        results = train.evaluate_model(model, info, experiment, step, model_dir, train_seconds=seconds,
+                                       eval_step=eval_step)
         eval_curve = curves.curve(curves.read_scalars(os.path.join(model_dir, "eval")))
-        validation = train.evaluate(dataclasses.replace(experiment, eval_split="validation"), model_dir)
+        validation = train.evaluate_model(model, info, dataclasses.replace(experiment, eval_split="validation"), step,
+                                          os.path.join(model_dir, "validation"), eval_step=eval_step)
     parameters = int(sum(math.prod(v.shape) for v in model.trainable_variables))
     return {"claim": claim, "arm": arm, "learning_rate": learning_rate, "seed": seed,
             "steps": results["step"], "tokens": results["step"] * experiment.batch_size * experiment.sequence_length,
@@ -266,7 +275,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 64; quick 2)")
     parser.add_argument("--learning_rates", default=None,
                         help="the sweep's peak learning rates (default 2e-3,4e-3,8e-3; quick 1e-3,3e-3)")
-    parser.add_argument("--evals", type=int, default=None, help="held-out evaluations during a run (default 6; quick 1)")
+    parser.add_argument("--evals", type=int, default=None,
+                        help="held-out evaluations during a run (default 6; quick 1)")
     parser.add_argument("--eval_windows", type=int, default=None, help="held-out windows per evaluation (8)")
     parser.add_argument("--jit", choices=("on", "off"), default=None, help="XLA (default on; quick off)")
     parser.add_argument("--local_text_dir", default=None, help="a directory of text files (default: Python stdlib)")
@@ -311,13 +321,16 @@ def parse_args(argv=None):
                          f"least as many steps as evaluations")
     if args.local_text_dir and not os.path.isdir(args.local_text_dir):
         raise UsageError(f"--local_text_dir={args.local_text_dir!r} is not a directory")
+    if args.readme and not os.path.isfile(args.readme):
+        raise UsageError(f"--readme={args.readme!r} is not a file (the README whose section to rewrite)")
     args.in_process = args.quick
     return args
 
 
 def settings_of(args):
     return Settings(scale="quick" if args.quick else "full", steps=args.steps,
-                    learning_rates=tuple(args.learning_rates), evals=args.evals, eval_windows=args.eval_windows, jit=args.jit,
+                    learning_rates=tuple(args.learning_rates), evals=args.evals, eval_windows=args.eval_windows,
+                    jit=args.jit,
                     local_text_dir=os.path.abspath(args.local_text_dir) if args.local_text_dir else "")
 
 

@@ -175,14 +175,18 @@ def comparison_row(claim, comparison, runs):
         time_verdict=combine([judge(kind, at_time[comparison.arm], at_time[b]) for b in comparison.baselines]))
 
 
-def claims_table(data, settings):
-    """The headline table, one row per comparison of every claim, each claim at its `reported_settings` (rows
-    without runs say so)."""
+def reported_by_claim(data, settings):
+    """{claim name: its `reported_settings`}: what every part of the report shows of each claim."""
+    return {name: reported_settings(data, settings, name) for name in claim_specs.CLAIMS}
+
+
+def claims_table(data, reported):
+    """The headline table, one row per comparison of every claim, each claim at its settings in `reported`
+    (`reported_by_claim`; rows without runs say so)."""
     lines = ["| claim | paper | zoo, equal steps: held-out bits/byte, mean [range] | verdict | "
              "zoo, equal training time (compilation excluded) | verdict |", "| --- | --- | --- | --- | --- | --- |"]
     for claim in claim_specs.CLAIMS.values():
-        reported = reported_settings(data, settings, claim.name)
-        runs = main_runs(data, reported, claim.name)
+        runs = main_runs(data, reported[claim.name], claim.name)
         for comparison in claim.comparisons:
             row = comparison_row(claim, comparison, runs)
             statement = f"{claim.name}: {comparison.statement}"
@@ -315,7 +319,7 @@ def invocations(data):
 
 def render(data, settings, output):
     """(the full report, the README section); writes the curve PNGs next to `output`."""
-    reported = {name: reported_settings(data, settings, name) for name in claim_specs.CLAIMS}
+    reported = reported_by_claim(data, settings)
     steps = sorted({s.steps for s in reported.values()})
     header = [f"- Machine: {data.get('machine', 'unknown')}", f"- Corpus: {corpus_name(settings)}",
               "- Runs: " + "; ".join(f"`{i['command']}` ({i['date']})" for i in invocations(data)[-4:])
@@ -329,7 +333,7 @@ def render(data, settings, output):
               f"(\"matches\" allows {claim_specs.MATCH_TOLERANCE:.0%} more bits than the baseline). These are "
               "miniatures of the papers' experiments (small models, minutes of CPU training, local text), not "
               "the experiments themselves.", ""]
-    table = claims_table(data, settings)
+    table = claims_table(data, reported)
     sections = []
     for claim in claim_specs.CLAIMS.values():
         plot = plot_claim(data, reported[claim.name], claim, f"{output}_{claim.name}.png")
@@ -363,8 +367,9 @@ EXPERIMENT_ROWS = {
 
 
 def miniature_cell(data, settings, claim_name, arm):
-    """The experiments table's cell for an arm of a miniature, labelled as such; None without runs."""
-    records = main_runs(data, reported_settings(data, settings, claim_name), claim_name).get(arm)
+    """The experiments table's cell for an arm of a miniature at `settings` (the claim's reported settings),
+    labelled as such; None without runs."""
+    records = main_runs(data, settings, claim_name).get(arm)
     if not records:
         return None
     size = claim_specs.CLAIMS[claim_name].sizes[settings.scale]
@@ -374,13 +379,14 @@ def miniature_cell(data, settings, claim_name, arm):
             f"{len(records)} seeds; see below), not this experiment")
 
 
-def fill_experiments_table(text, data, settings):
-    """`text` (the README) with the "zoo measured" cell of every `EXPERIMENT_ROWS` row set to its miniature."""
+def fill_experiments_table(text, data, reported):
+    """`text` (the README) with the "zoo measured" cell of every `EXPERIMENT_ROWS` row set to its miniature at
+    the claim's settings in `reported` (`reported_by_claim`)."""
     lines = text.split("\n")
     for index, line in enumerate(lines):
         for gin_file, (claim_name, arm) in EXPERIMENT_ROWS.items():
             if line.startswith("| ") and f"| `{gin_file}` |" in line:
-                cell = miniature_cell(data, settings, claim_name, arm)
+                cell = miniature_cell(data, reported[claim_name], claim_name, arm)
                 if cell:
                     lines[index] = line.rstrip().rstrip("|").rstrip().rsplit("|", 1)[0] + f"| {cell} |"
     return "\n".join(lines)
@@ -394,5 +400,6 @@ def write(data, settings, output, readme=None):
     if readme:
         with open(readme) as f:
             text = f.read()
-        harness.write_atomically(readme, fill_experiments_table(replace_section(text, section), data, settings))
+        harness.write_atomically(readme, fill_experiments_table(replace_section(text, section), data,
+                                                                reported_by_claim(data, settings)))
     return report

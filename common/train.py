@@ -190,11 +190,16 @@ def make_dataset(experiment, split, training):
         raise UserError(_first_line(error)) from error
 
 
-def build_model(experiment):
-    """Creates the model for the dataset's vocabulary and builds it at the training sequence length."""
-    info = data.dataset_info(experiment.dataset, data_dir=experiment.data_dir,
+def dataset_info(experiment):
+    """The experiment's dataset description (vocabulary size, unit) without reading its examples."""
+    return data.dataset_info(experiment.dataset, data_dir=experiment.data_dir,
                              **{k: v for k, v in experiment.data_options.items()
                                 if k in ("tokenizer", "vocabulary_size")})
+
+
+def build_model(experiment):
+    """Creates the model for the dataset's vocabulary and builds it at the training sequence length."""
+    info = dataset_info(experiment)
     keras.utils.set_random_seed(experiment.seed)
     name = getattr(experiment.model, "__name__", type(experiment.model).__name__)
     try:
