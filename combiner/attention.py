@@ -20,7 +20,6 @@ import math
 import keras
 from keras import ops
 
-from combiner import decoding
 from combiner.axial import ROW_SUMMARIES, axial_attention
 from combiner.fixed import fixed_attention
 from combiner.logsparse import logsparse_attention
@@ -243,31 +242,13 @@ class CombinerAttention(SelfAttention):
             options.update(row_projection=self.row_projection(x, training))
         return combiner_attention(q, k, v, **options)
 
-    def call(self, x, training=None):
-        q, k, v = self.project_heads(x)
-        return self.combine_heads(self.attend_input(x, q, k, v, training))
-
-    # Incremental decoding: the cache and the steps are `combiner.decoding`'s; it needs the queries (summary
-    # queries pool them) and the layer input (row projection), which the kernel registry's decoders do not get.
-
-    def prefill(self, x, max_length):
-        q, k, v = self.project_heads(x)
-        cache = self.start_cache(x, q, k, v, max_length)  # first: it rejects layers that cannot decode
-        return self.combine_heads(self.attend_input(x, q, k, v, training=False)), cache
-
     def decoding_arguments(self):
-        """The options of `combiner.decoding.start` / `step`: the kernel's, and the row projection (not bound to
-        an input: a step projects the rows it completes)."""
+        """The options of the "combiner" decoder (`combiner.decoding`): the kernel's, and the row projection (not
+        bound to an input: a step projects the rows it completes)."""
         options = self.kernel_arguments()
         if self.uses_row_projection:
             options.update(row_projection=self.row_projection)
         return options
-
-    def start_cache(self, x, q, k, v, max_length):
-        return decoding.start(x, q, k, v, max_length, **self.decoding_arguments())
-
-    def attend_next(self, x, q, k, v, cache, position):
-        return decoding.step(x, q, k, v, cache, position, **self.decoding_arguments())
 
     def get_config(self):
         config = super().get_config()

@@ -7,7 +7,8 @@ by the step that adds the region's last member), stored in a cache, and only rea
 position p = (r, c) = (p // m, p % m), m = `segment_length`, gathers its direct entries and the cached
 abstractions it needs by index (`common.kv_cache`, TensorArrays with one slot per position unless said
 otherwise) and runs the variant's single softmax over them (paper eq. 9). The prompt's caches are built in one
-pass over it (`start`).
+pass over it (`start`). `start` and `step` are the "combiner" kernel's registered decoder
+(`common.attention.decoding`); they read the layer input x for the row projection (axial, "proj"/"wsum_proj").
 
 Caches and the cost of one step (d = head width; "amortised" counts the work of completing a region, done
 once per region; every cache also holds the keys, values and scaled queries of every position):
@@ -44,7 +45,7 @@ from combiner.joint import from_grid, to_grid
 from combiner.logsparse import block_summaries, checked_length
 from combiner.summaries import inclusive_prefix_summaries, local_expectation, prefix_summaries
 from common import kv_cache
-from common.attention.decoding import attend_gathered, require_causal
+from common.attention.decoding import attend_gathered, register_decoder, require_causal
 
 # Powers of two up to 2^30: the level spans of logsparse for any int32 position.
 _SPANS = 2 ** np.arange(31, dtype=np.int32)
@@ -313,3 +314,6 @@ def step(x, q, k, v, cache, position, *, variant, segment_length=None, causal=Tr
             cache = _write(cache, position, inputs=x[:, None])
         return _axial_step(q, cache, position, segment_length, row_summary, projection)
     return _mixture_step(q, cache, position, segment_length)
+
+
+register_decoder("combiner", start, step)

@@ -241,16 +241,16 @@ class DecoderLM(keras.Model):
     # `decode` then computes one position at a time from the caches.
 
     @autocast_weights
-    def prefill(self, token_ids, max_length):
+    def prefill(self, token_ids, cache_length):
         """Logits of a prompt [batch, n] (as `call` without training) and the per-block caches for decoding
-        positions n .. max_length - 1."""
+        positions n .. cache_length - 1."""
         if not self.built:
             raise ValueError("decoding needs a built model: call it on token ids once (or restore trained weights) "
                              "first.")
         x = self.block_inputs(self.embed(token_ids))
         caches = []
         for block in self.blocks:
-            x, cache = block.prefill(x, max_length)
+            x, cache = block.prefill(x, cache_length)
             caches.append(cache)
         return self.logits(x), tuple(caches)
 

@@ -34,9 +34,7 @@ from common.attention import checks, get_decoder, get_kernel, local_attention, r
 from common.attention.local import block_attention
 from common.kmeans import OnlineKMeans
 from common.layers import SelfAttention, layer_norm
-from common.layers.autocast import autocast_weights
 from common.serialization import fresh_initializer
-from routing_transformer import decoding
 from routing_transformer.routing_scores import (RandomRotation, cluster_scores, hash_bits, num_routing_clusters,
                                                 routing_table)
 
@@ -387,36 +385,35 @@ class RoutingAttention(SelfAttention):
             self.kmeans.update(queries, query_assignment)
             self.kmeans.update(aux["keys"], aux["key_assignment"])
 
-    # Incremental decoding: the routing heads use `routing_transformer.decoding`, the local heads common's local
-    # decoder; centroids never move (no k-means update outside training).
+    # Incremental decoding: the routing heads use the "routing" decoder (`routing_transformer.decoding`), the
+    # local heads the local one; centroids never move (no k-means update outside training).
 
-    @autocast_weights
-    def prefill(self, x, max_length):
-        """`SelfAttention.prefill` without the commitment loss, which outside `__call__` would stay in
-        `self.losses` (a dead symbolic tensor once traced)."""
-        q, k, v = self.project_heads(x)
-        heads, _ = self.attend_heads(q, k, v)
-        return self.combine_heads(heads), self.start_cache(x, q, k, v, max_length)
+    def attend_prompt(self, x, q, k, v):
+        """The prompt's heads without the commitment loss, which outside `__call__` would stay in `self.losses`
+        (a dead symbolic tensor once traced)."""
+        return self.attend_heads(q, k, v)[0]
 
-    def start_cache(self, x, q, k, v, max_length):
+    def start_cache(self, x, q, k, v, cache_length):
         routing, local = self.split_heads(q, k, v)
         cache = {}
         if self.routing_heads:
-            cache["routing"] = decoding.start(*routing, max_length, **self.routing_options())
+            start, _ = get_decoder("routing")
+            cache["routing"] = start(x, *routing, cache_length, **self.routing_options())
         if self.local_heads:
             start, _ = get_decoder(self.kernel)
-            cache["local"] = start(*local[1:], max_length, **self.kernel_arguments())
+            cache["local"] = start(x, *local, cache_length, **self.kernel_arguments())
         return cache
 
     def attend_next(self, x, q, k, v, cache, position):
         routing, local = self.split_heads(q, k, v)
         outputs, new_cache = [], {}
         if self.routing_heads:
-            out, new_cache["routing"] = decoding.step(*routing, cache["routing"], position, **self.routing_options())
+            _, step = get_decoder("routing")
+            out, new_cache["routing"] = step(x, *routing, cache["routing"], position, **self.routing_options())
             outputs.append(out)
         if self.local_heads:
             _, step = get_decoder(self.kernel)
-            out, new_cache["local"] = step(*local, cache["local"], position, **self.kernel_arguments())
+            out, new_cache["local"] = step(x, *local, cache["local"], position, **self.kernel_arguments())
             outputs.append(out)
         return self.mix_heads(outputs), new_cache
 

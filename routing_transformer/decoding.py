@@ -2,8 +2,10 @@
 
 As in the original's fast decoding (reference notes, section 4), only the newest token's q, k and v are
 computed; earlier positions' normalised keys, values and routing state come from the cache, as they were when
-those positions were computed. `RoutingAttention` calls `start` on the prompt and `step` per new token for its
-routing heads; its local heads use common's local decoder.
+those positions were computed. `start` and `step` are the "routing" kernel's registered decoder
+(`common.attention.decoding`): `RoutingAttention` runs them for its routing heads and common's local decoder for
+its local heads. Routing needs the queries (with share_qk the keys are the queries, k is None; without it
+balanced routing needs every position's query scores); it does not read the layer input x.
 
 routing="causal" (strictly causal, exact). A token attends to itself and the `window - 1` previous members of
 its nearest centroid's cluster, the k-th latest at rank distance -k. The cache keeps, for every position, its
@@ -47,24 +49,20 @@ slot per (position, row), slot = position x rows + row; a step gathers exactly t
 `common.kv_cache`'s slots hold every row at one position, and gathering the union of the rows' positions there
 would cost (batch x heads)^2 x window entries. The scores, read at every position for every row, use
 `common.kv_cache`. Like all serving code this is TensorFlow-only.
-
-Not registered with `common.attention.register_decoder`: its `start(k, v, ...)` gets no queries, which routing
-needs (with share_qk the keys are the queries; without it balanced routing needs every position's query
-scores), so `RoutingAttention` calls `start` and `step` itself.
 """
 
 import tensorflow as tf
 
 from common import kv_cache
-from common.attention.decoding import attend_gathered, require_causal
+from common.attention.decoding import attend_gathered, register_decoder, require_causal
 from common.layers import layer_norm
 from routing_transformer.routing_scores import cluster_scores, num_routing_clusters
 
 
-def _rows_from_prompt(x, max_length):
-    """A per-row cache of `max_length` positions holding x [batch, heads, n, dim] at positions 0 .. n - 1."""
+def _rows_from_prompt(x, cache_length):
+    """A per-row cache of `cache_length` positions holding x [batch, heads, n, dim] at positions 0 .. n - 1."""
     rows = tf.shape(x)[0] * tf.shape(x)[1]
-    cache = tf.TensorArray(x.dtype, size=max_length * rows, element_shape=tf.TensorShape(x.shape[3:]),
+    cache = tf.TensorArray(x.dtype, size=cache_length * rows, element_shape=tf.TensorShape(x.shape[3:]),
                            clear_after_read=False)
     flat = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [-1, x.shape[3]])
     return cache.scatter(tf.range(tf.shape(flat)[0]), flat)
@@ -92,37 +90,37 @@ def _check(routing, share_qk, causal):
         raise ValueError("routing='causal' needs share_qk=True (queries and keys share one cluster order).")
 
 
-def start(q, k, v, max_length, *, window, routing, share_qk, centroids=None, hash_projection=None, causal=True,
+def start(x, q, k, v, cache_length, *, window, routing, share_qk, centroids=None, hash_projection=None, causal=True,
           require_coverage=False, **unused_options):
     """The routing heads' cache of a prompt: q, k (None with share_qk) and v [batch, heads, n, dim].
 
-    With `require_coverage`, decoding up to `max_length` must keep clusters x window >= the length, as the full
+    With `require_coverage`, decoding up to `cache_length` must keep clusters x window >= the length, as the full
     kernel requires (InvalidArgumentError otherwise).
     """
     _check(routing, share_qk, causal)
     clusters = num_routing_clusters(centroids, hash_projection)
     if require_coverage:
         tf.debugging.assert_less_equal(
-            tf.cast(max_length, tf.int32), clusters * window,
+            tf.cast(cache_length, tf.int32), clusters * window,
             message=f"clusters x window = {clusters} x {window} does not cover the decoding length; raise "
                     f"num_clusters or window")
     queries = layer_norm(q)
     keys = queries if share_qk else layer_norm(k)
-    cache = {"keys": _rows_from_prompt(keys, max_length), "values": _rows_from_prompt(v, max_length)}
+    cache = {"keys": _rows_from_prompt(keys, cache_length), "values": _rows_from_prompt(v, cache_length)}
     query_scores = cluster_scores(queries, centroids, hash_projection)
     if routing == "causal":
         assignment = tf.argmax(query_scores, axis=2, output_type=tf.int32)
-        cache.update(_prompt_windows(assignment, clusters, window, max_length))
+        cache.update(_prompt_windows(assignment, clusters, window, cache_length))
         return cache
     cache["key_scores"] = kv_cache.from_prompt(
         tf.transpose(query_scores if share_qk else cluster_scores(keys, centroids, hash_projection), [0, 1, 3, 2]),
-        max_length)
+        cache_length)
     if not share_qk:
-        cache["query_scores"] = kv_cache.from_prompt(tf.transpose(query_scores, [0, 1, 3, 2]), max_length)
+        cache["query_scores"] = kv_cache.from_prompt(tf.transpose(query_scores, [0, 1, 3, 2]), cache_length)
     return cache
 
 
-def _prompt_windows(assignment, clusters, window, max_length):
+def _prompt_windows(assignment, clusters, window, cache_length):
     """Causal routing's state after the prompt: every position's window and each cluster's latest member.
 
     assignment: int [batch, heads, n], the nearest centroid of every position. Sorted by (cluster, position)
@@ -139,10 +137,10 @@ def _prompt_windows(assignment, clusters, window, max_length):
     sorted_windows = tf.where(same, tf.gather(order, index, batch_dims=2), -1)
     windows = tf.gather(sorted_windows, tf.argsort(order, axis=-1), batch_dims=2)
     latest = tf.reduce_max(tf.where(assignment[..., None] == tf.range(clusters), positions[:, None], -1), axis=2)
-    return {"windows": _rows_from_prompt(windows, max_length), "latest": latest}
+    return {"windows": _rows_from_prompt(windows, cache_length), "latest": latest}
 
 
-def step(q, k, v, cache, position, *, window, routing, share_qk, centroids=None, hash_projection=None, causal=True,
+def step(x, q, k, v, cache, position, *, window, routing, share_qk, centroids=None, hash_projection=None, causal=True,
          scale=1.0, relative_keys=None, relative_values=None, **unused_options):
     """The routing heads at `position`: q, k (None with share_qk), v [batch, heads, 1, dim] of the new token.
 
@@ -213,3 +211,6 @@ def _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, o
     count = tf.math.unsorted_segment_sum(tf.ones_like(row, out.dtype), row, num_rows)
     out = total / tf.maximum(count, 1)[:, None]
     return tf.reshape(out, [tf.shape(queries)[0], tf.shape(queries)[1], 1, out.shape[-1]]), cache
+
+
+register_decoder("routing", start, step)

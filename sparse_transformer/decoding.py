@@ -16,7 +16,7 @@ atomic pattern of the group's union, their count derived from t (never from the 
 So per new token local and block cost O(l), strided O(t / l), summary O(t c / l), fixed O(l + t c / l), all O(t):
 each what the row's pattern holds, up to the masked padding of one block. The gathers of strided, summary and all
 change size from step to step, which a `tf.while_loop` allows (the caches keep their shapes); a fixed-size gather
-of max_length / l slots would cost the longest row's work at every step. Which gathered key a head keeps is
+of cache_length / l slots would cost the longest row's work at every step. Which gathered key a head keeps is
 `patterns.union_keep`, the predicate of the reference mask `patterns.attention_mask`; in a union a key is kept
 only by the first part that covers it, so one softmax runs over exactly the row's keys, each once, as in the
 full kernel.
@@ -37,13 +37,13 @@ def head_groups(pattern, stride, summary, num_heads, num_summary_patterns):
     return [(atoms, range(g * per_group, (g + 1) * per_group)) for g, atoms in enumerate(groups)]
 
 
-def sparse_start(k, v, max_length, *, pattern="fixed", stride=None, summary=None, causal=True,
+def sparse_start(x, q, k, v, cache_length, *, pattern="fixed", stride=None, summary=None, causal=True,
                  num_summary_patterns=1, **unused_options):
     """The prompt's keys and values [b, h, n, d], one TensorArray pair per head group."""
     require_causal(causal, "sparse")
     groups = head_groups(pattern, stride, summary, k.shape[1], num_summary_patterns)
-    return tuple(start_key_value_cache(k[:, heads.start:heads.stop], v[:, heads.start:heads.stop], max_length)
-                 for _, heads in groups)
+    return tuple(start_key_value_cache(x, q, k[:, heads.start:heads.stop], v[:, heads.start:heads.stop],
+                                       cache_length) for _, heads in groups)
 
 
 def candidate_positions(atom, position, heads, stride, summary, num_summary_patterns):
@@ -78,7 +78,7 @@ def row_keys(atoms, position, heads, stride, summary, num_summary_patterns):
     return ops.concatenate(candidates, axis=0), ops.concatenate(keeps, axis=1)
 
 
-def sparse_step(q, k, v, cache, position, *, pattern="fixed", stride=None, summary=None, causal=True,
+def sparse_step(x, q, k, v, cache, position, *, pattern="fixed", stride=None, summary=None, causal=True,
                 num_summary_patterns=1, scale=None, query_chunk_size=None, dropout_rate=0.0, seed=None):
     """The sparse kernel's row at `position`. query_chunk_size, dropout_rate and seed shape training only (a
     step has one query and never trains) and are ignored."""

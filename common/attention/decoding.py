@@ -1,10 +1,14 @@
-"""Incremental decoding of attention kernels: one new query per step against cached keys and values.
+"""Incremental decoding of attention kernels: one new query per step against a cache of the earlier positions.
 
-Each kernel that can decode registers a decoder under its kernel name, with two functions:
+Every kernel that can decode registers a decoder under its kernel name: two functions with one signature for
+every kernel (dense, local, sparse, routing, Combiner):
 
-    cache = start(k, v, max_length, **options)            # the prompt's keys and values, [b, h, n, dim]
-    out, cache = step(q, k, v, cache, position, **options)  # the new token's q, k, v, [b, h, 1, dim]
+    cache = start(x, q, k, v, cache_length, **options)        # the prompt: x [b, n, dim]; q, k, v [b, h, n, d]
+    out, cache = step(x, q, k, v, cache, position, **options)  # the new token: x [b, 1, dim]; q, k, v [b, h, 1, d]
 
+x is the attention layer's input (read only by decoders whose kernel reads it, e.g. Combiner's row projection);
+q, k, v are its projections (k is None where the kernel takes none, e.g. routing heads that share queries and
+keys). `cache_length` is how many positions the cache holds: the generation's total length, prompt included.
 `options` are the kernel's own (`causal`, `block_size`, relative tables, ...). `position` is the new token's
 index (a scalar int tensor); the step returns what the kernel returns at that row of a full pass over
 positions 0 .. position, and reads only the cached positions the kernel's pattern lets that row see, so its
@@ -24,7 +28,7 @@ _DECODERS = {}
 
 
 def register_decoder(name, start, step):
-    """Makes kernel `name` decodable incrementally (see the module docstring for `start` and `step`)."""
+    """Makes kernel `name` decodable incrementally (`start` and `step` as in the module docstring)."""
     _DECODERS[name] = (start, step)
 
 
@@ -78,9 +82,9 @@ def attend_gathered(q, keys, values, key_positions, position, keep=None, scale=N
     return out
 
 
-def start_key_value_cache(k, v, max_length, **unused_options):
+def start_key_value_cache(x, q, k, v, cache_length, **unused_options):
     """The cache of kernels that need only keys and values: one slot per position for each."""
-    return {"keys": kv_cache.from_prompt(k, max_length), "values": kv_cache.from_prompt(v, max_length)}
+    return {"keys": kv_cache.from_prompt(k, cache_length), "values": kv_cache.from_prompt(v, cache_length)}
 
 
 def write_key_value(cache, k, v, position):
@@ -89,7 +93,7 @@ def write_key_value(cache, k, v, position):
                 values=kv_cache.write(cache["values"], position, v))
 
 
-def dense_step(q, k, v, cache, position, *, causal=True, scale=None, relative_keys=None, relative_values=None,
+def dense_step(x, q, k, v, cache, position, *, causal=True, scale=None, relative_keys=None, relative_values=None,
                bias=None, mask=None, **unused_training_options):
     """Dense attention over every cached position: O(prefix) per step, as dense attention is."""
     require_causal(causal, "dense")
@@ -104,7 +108,7 @@ def dense_step(q, k, v, cache, position, *, causal=True, scale=None, relative_ke
     return out, cache
 
 
-def local_step(q, k, v, cache, position, *, block_size, look_back=1, look_ahead=None, causal=True, scale=None,
+def local_step(x, q, k, v, cache, position, *, block_size, look_back=1, look_ahead=None, causal=True, scale=None,
                relative_keys=None, relative_values=None, segment_ids=None, max_distance=None,
                **unused_training_options):
     """Blocked local attention: the query's block and `look_back` blocks before it, at most

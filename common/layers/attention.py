@@ -139,21 +139,26 @@ class SelfAttention(keras.layers.Layer):
         out = ops.einsum("bhld,hdo->blo", heads, kernel)
         return out if bias is None else out + bias
 
+    def attend_input(self, x, q, k, v, training=None):
+        """The heads given the layer input x and its projections; layers whose kernel also reads x (Combiner's
+        row projection) override this rather than `call`."""
+        return self.attend(q, k, v, training=training)
+
     def call(self, x, training=None):
         q, k, v = self.project_heads(x)
-        return self.combine_heads(self.attend(q, k, v, training=training))
+        return self.combine_heads(self.attend_input(x, q, k, v, training=training))
 
     # Incremental decoding (`common.sample`): one pass over the prompt that also returns a cache, then one
-    # token per step. The kernel's registered decoder does the work (`common.attention.decoding`); layers with
-    # state or extra inputs override `start_cache` and `attend_next`.
+    # token per step, through the kernel's registered decoder (`common.attention.decoding`), given
+    # `decoding_arguments`. A layer that mixes kernels (routing) overrides `start_cache` and `attend_next`.
 
     @autocast_weights
-    def prefill(self, x, max_length):
+    def prefill(self, x, cache_length):
         """The layer's output on a prompt x [batch, n, dim] (not training) and the cache for decoding positions
-        n .. max_length - 1. Returns (out, cache)."""
+        n .. cache_length - 1. Returns (out, cache)."""
         q, k, v = self.project_heads(x)
-        out = self.combine_heads(self.attend(q, k, v, training=False))
-        return out, self.start_cache(x, q, k, v, max_length)
+        cache = self.start_cache(x, q, k, v, cache_length)  # first: it rejects layers that cannot decode
+        return self.combine_heads(self.attend_prompt(x, q, k, v)), cache
 
     @autocast_weights
     def decode(self, x, cache, position):
@@ -163,15 +168,24 @@ class SelfAttention(keras.layers.Layer):
         heads, cache = self.attend_next(x, q, k, v, cache, position)
         return self.combine_heads(heads), cache
 
-    def start_cache(self, x, q, k, v, max_length):
+    def attend_prompt(self, x, q, k, v):
+        """The heads of a prompt pass: `attend_input` without training; a layer whose `attend` has training
+        side effects (losses, state updates) overrides it to leave them out."""
+        return self.attend_input(x, q, k, v, training=False)
+
+    def decoding_arguments(self):
+        """The options of the kernel's decoder: the kernel's, by default."""
+        return self.kernel_arguments()
+
+    def start_cache(self, x, q, k, v, cache_length):
         """The decoding cache of the prompt, given its input x and projections q, k, v."""
         start, _ = get_decoder(self.kernel)
-        return start(k, v, max_length, **self.kernel_arguments())
+        return start(x, q, k, v, cache_length, **self.decoding_arguments())
 
     def attend_next(self, x, q, k, v, cache, position):
         """The heads [batch, heads, 1, value_dim] at `position` and the updated cache."""
         _, step = get_decoder(self.kernel)
-        return step(q, k, v, cache, position, **self.kernel_arguments())
+        return step(x, q, k, v, cache, position, **self.decoding_arguments())
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)

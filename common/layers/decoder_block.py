@@ -88,9 +88,9 @@ class DecoderBlock(keras.layers.Layer):
         return self._sublayer(x, self.feed_forward, self.feed_forward_norm, training)
 
     @autocast_weights
-    def prefill(self, x, max_length):
+    def prefill(self, x, cache_length):
         """The block on a prompt (not training) and its attention's decoding cache (see `SelfAttention`)."""
-        y, cache = self.attention.prefill(self._branch_input(x, self.attention_norm), max_length)
+        y, cache = self.attention.prefill(self._branch_input(x, self.attention_norm), cache_length)
         x = self._residual(x, y, self.attention_norm)
         return self._sublayer(x, self.feed_forward, self.feed_forward_norm, False), cache
 

@@ -191,8 +191,8 @@ def test_a_causal_routing_step_reads_a_fixed_number_of_entries(monkeypatch):
     for prefix in (10, 39):
         @tf.function
         def decode_at(prefix=prefix):
-            cache = decoding.start(q[:, :, :prefix], None, v[:, :, :prefix], 40, **options)
-            return decoding.step(q[:, :, prefix:prefix + 1], None, v[:, :, prefix:prefix + 1], cache,
+            cache = decoding.start(None, q[:, :, :prefix], None, v[:, :, :prefix], 40, **options)
+            return decoding.step(None, q[:, :, prefix:prefix + 1], None, v[:, :, prefix:prefix + 1], cache,
                                  tf.constant(prefix), **options)[0]
         decode_at()
     assert sorted(set(reads)) == [(2, 2, 1), (2, 2, WINDOW)]
@@ -209,7 +209,7 @@ def test_what_cannot_be_decoded_is_a_clear_error(options, message):
     options = dict(dict(centroids=tf.constant(rng.standard_normal((2, CLUSTERS, 8)).astype(np.float32)),
                         window=WINDOW, routing="balanced", share_qk=True), **options)
     with pytest.raises(ValueError, match=message):
-        decoding.start(q, q, q, 8, **options)
+        decoding.start(None, q, q, q, 8, **options)
 
 
 def test_decoding_past_the_coverage_raises_with_require_coverage():

@@ -41,10 +41,11 @@ def _rows_by_steps(q, k, v, prompt_length, **options):
 
         def body(position, cache, rows):
             new = slice(position, position + 1)
-            out, cache = step(q[:, :, new], k[:, :, new], v[:, :, new], cache, position, **options)
+            out, cache = step(None, q[:, :, new], k[:, :, new], v[:, :, new], cache, position, **options)
             return position + 1, cache, rows.write(position - prompt_length, out[:, :, 0])
 
-        cache = start(k[:, :, :prompt_length], v[:, :, :prompt_length], length, **options)
+        cache = start(None, q[:, :, :prompt_length], k[:, :, :prompt_length], v[:, :, :prompt_length], length,
+                      **options)
         _, _, rows = tf.while_loop(lambda position, *_: position < length, body,
                                    (tf.constant(prompt_length), cache, rows))
         return tf.transpose(rows.stack(), [1, 2, 0, 3])
@@ -163,8 +164,8 @@ def test_a_step_reads_only_what_its_pattern_needs(pattern, atoms, monkeypatch):
     counts = []
     for t in (37, 300):
         reads.clear()
-        cache = start(k[:, :, :t], v[:, :, :t], 400, **options)  # eager: the read sizes are concrete
-        step(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], cache, tf.constant(t), **options)
+        cache = start(None, q[:, :, :t], k[:, :, :t], v[:, :, :t], 400, **options)  # eager: the read sizes are concrete
+        step(None, q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], cache, tf.constant(t), **options)
         assert len(reads) == 2  # keys and values, one gather each
         expected = sorted(position for atom in atoms for position in _expected_reads(atom, t))
         for read in reads:
@@ -187,6 +188,7 @@ def test_bidirectional_layers_cannot_decode():
 def test_a_cache_of_another_pattern_is_refused():
     q, k, v = _qkv(6)
     start, step = get_decoder("sparse")
-    cache = start(k, v, 8, pattern="fixed", stride=2, summary=1)
+    cache = start(None, q, k, v, 8, pattern="fixed", stride=2, summary=1)
     with pytest.raises(ValueError, match=re.escape("cache has 1 head groups but pattern 'local|strided' has 2")):
-        step(q[:, :, :1], k[:, :, :1], v[:, :, :1], cache, tf.constant(6), pattern="local|strided", stride=2)
+        step(None, q[:, :, :1], k[:, :, :1], v[:, :, :1], cache, tf.constant(6), pattern="local|strided",
+             stride=2)

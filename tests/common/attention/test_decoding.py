@@ -23,10 +23,11 @@ def _rows_by_steps(kernel_name, q, k, v, prompt_length, **options):
 
     @tf.function
     def run():
-        cache = start(k[:, :, :prompt_length], v[:, :, :prompt_length], length, **options)
+        cache = start(None, q[:, :, :prompt_length], k[:, :, :prompt_length], v[:, :, :prompt_length], length,
+                      **options)
         rows = []
         for position in range(prompt_length, length):  # unrolled: a handful of positions
-            out, cache = step(q[:, :, position:position + 1], k[:, :, position:position + 1],
+            out, cache = step(None, q[:, :, position:position + 1], k[:, :, position:position + 1],
                               v[:, :, position:position + 1], cache, tf.constant(position), **options)
             rows.append(out)
         return tf.concat(rows, axis=2)
@@ -80,8 +81,8 @@ def test_a_local_step_reads_a_window_whatever_the_prefix(monkeypatch):
     for position in (30, 39):
         @tf.function
         def decode_at(position=position):
-            cache = start(k[:, :, :position], v[:, :, :position], 40, block_size=4)
-            return step(q[:, :, :1], k[:, :, :1], v[:, :, :1], cache, tf.constant(position), block_size=4,
+            cache = start(None, q[:, :, :position], k[:, :, :position], v[:, :, :position], 40, block_size=4)
+            return step(None, q[:, :, :1], k[:, :, :1], v[:, :, :1], cache, tf.constant(position), block_size=4,
                         look_back=2)[0]
         decode_at()
     assert read_shapes and all(shape == (12,) for shape in read_shapes)
@@ -96,8 +97,8 @@ def test_what_cannot_be_decoded_is_a_clear_error(name, options, message):
     q, k, v = _qkv(5)
     start, step = get_decoder(name)
     with pytest.raises(ValueError, match=message):
-        tf.function(lambda: step(q[:, :, :1], k[:, :, :1], v[:, :, :1], start(k, v, 6), tf.constant(5),
-                                 **options))()
+        tf.function(lambda: step(None, q[:, :, :1], k[:, :, :1], v[:, :, :1], start(None, q, k, v, 6),
+                                 tf.constant(5), **options))()
 
 
 def test_a_kernel_without_a_decoder_is_named():
