@@ -45,7 +45,7 @@ from keras import ops  # noqa: E402
 from matplotlib import colors, patches, pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.attention import RESULTS_DIR  # noqa: E402
+from benchmarks.harness import RESULTS_DIR  # noqa: E402
 from combiner.attention import combiner_attention  # noqa: E402
 from common import data, sample, train  # noqa: E402
 from common.attention import causal_mask, checks, dense_attention, local_attention, local_mask  # noqa: E402

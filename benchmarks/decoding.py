@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.attention import RESULTS_DIR, machine, write_atomically  # noqa: E402
+from benchmarks.harness import RESULTS_DIR, machine, write_atomically  # noqa: E402
 
 DIM, HEADS, LAYERS, FFN, VOCAB = 512, 8, 2, 2048, 256
 TARGET, TARGET_PREFIX, TARGET_KERNELS = 20.0, 16384, ("local", "strided", "fixed")

@@ -20,7 +20,7 @@ routing head (its cluster, plus the centroid distances at half a logit's cost); 
 block and every block's summary); combiner 128 + L / 128 + 1 (its segment, the segments' summaries, and the
 summaries' own local expectation). Relative-position logits, norms and softmaxes are not counted. The FLOP
 fraction divides the achieved rate by the machine's best rate on a 2048 x 2048 float32 matmul measured in the
-same run. Each (config, length, jit) runs in a fresh process (see benchmarks.attention's harness).
+same run. Each (config, length, jit) runs in a fresh process (see benchmarks.harness).
 """
 
 import argparse
@@ -30,7 +30,8 @@ import os
 import sys
 import time
 
-from benchmarks import attention as harness
+from benchmarks import attention as kernel_benchmark
+from benchmarks import harness
 from benchmarks import routing
 
 CONFIGS = ("dense", "routing", "sparse", "combiner", "pytorch")
@@ -135,7 +136,7 @@ def run_one(config, length, jit, args):
     if config == "pytorch":
         return routing.run_one("pytorch_model", length, argparse.Namespace(
             window=WINDOW, repeats=args.repeats, timeout=args.timeout, memory_limit_gib=args.memory_limit_gib))
-    estimate = LAYERS * harness.dense_memory_bytes(length, HEADS) if config == "dense" else 0
+    estimate = LAYERS * kernel_benchmark.dense_memory_bytes(length, HEADS) if config == "dense" else 0
     if estimate > args.memory_limit_gib * harness.GIB:
         return {"status": f"skipped (needs ~{estimate / harness.GIB:.0f} GiB)"}
     cmd = [sys.executable, "-m", "benchmarks.families", f"--worker={config}", f"--lengths={length}",

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import attention as harness
+from benchmarks import harness
 from benchmarks import families
 
 PRESETS = {"routing": "routing_transformer/cpu_small.gin", "sparse": "sparse_transformer/cpu_small.gin",

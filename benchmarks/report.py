@@ -32,7 +32,8 @@ matplotlib.use("Agg")
 
 from matplotlib import pyplot as plt, ticker  # noqa: E402
 
-from benchmarks import attention as harness  # noqa: E402
+from benchmarks import attention as kernel_benchmark  # noqa: E402
+from benchmarks import harness  # noqa: E402
 from benchmarks import families  # noqa: E402
 
 COMMANDS = {
@@ -192,7 +193,7 @@ def attention_runs(results):
 def kernel_names(results):
     """Every kernel of the attention inputs, dense (the baseline) first."""
     names = [r["kernel"] for _, records in attention_runs(results) for r in records]
-    return ordered(names, first=(harness.BASELINE,))
+    return ordered(names, first=(kernel_benchmark.BASELINE,))
 
 
 def kernel_records(records, name):
@@ -207,7 +208,7 @@ def kernels_table(records, names):
             if not measured(record):
                 rows.append([name, f"{record['length']:,}", record["status"], "", "", ""])
                 continue
-            dense = harness.find(records, harness.BASELINE, record["length"])
+            dense = kernel_benchmark.find(records, kernel_benchmark.BASELINE, record["length"])
             rows.append([name, f"{record['length']:,}", time_text(record), number(record["memory_mib"]),
                          *(times(harness.ratio(dense, record, key)) for key in ("time_ms", "memory_mib"))])
     return table(["kernel", "length", "time (ms)", "memory (MiB)", "dense/kernel time", "dense/kernel memory"],
@@ -249,8 +250,8 @@ def jit_table(pairs, what):
 def attention_jit_pairs(results, names):
     """(kernel, length, jit-off record, jit-on record) for every kernel and length run both ways."""
     off, on = results["attention"]["records"], results["attention_jit"]["records"]
-    return [(name, r["length"], r, harness.find(on, name, r["length"])) for name in names
-            for r in kernel_records(off, name) if harness.find(on, name, r["length"])]
+    return [(name, r["length"], r, kernel_benchmark.find(on, name, r["length"])) for name in names
+            for r in kernel_records(off, name) if kernel_benchmark.find(on, name, r["length"])]
 
 
 def attention_section(results, plots, report_dir):
@@ -474,8 +475,8 @@ def families_comparisons(records, other_config, other_name):
 def kernel_comparisons(results):
     """(label, kernel record, dense record of the same run and length, "dense") for every kernel and length."""
     return [(f"{r['kernel']}, {r['length']:,} tokens, jit {jit_name(jit)}", r,
-             harness.find(records, harness.BASELINE, r["length"]), "dense")
-            for jit, records in attention_runs(results) for r in records if r["kernel"] != harness.BASELINE]
+             kernel_benchmark.find(records, kernel_benchmark.BASELINE, r["length"]), "dense")
+            for jit, records in attention_runs(results) for r in records if r["kernel"] != kernel_benchmark.BASELINE]
 
 
 def jit_slower(pairs):
@@ -516,12 +517,12 @@ def behind_section(results):
 
 def colours(names):
     """A distinct colour per name: dense black, the PyTorch peer grey, the others from tab10 (tab20 past 10)."""
-    others = [n for n in names if n not in (harness.BASELINE, PEER)]
+    others = [n for n in names if n not in (kernel_benchmark.BASELINE, PEER)]
     if len(others) <= 10:
         palette = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(others)}
     else:  # tab20's dark shades first, then its light ones
         palette = {name: plt.get_cmap("tab20")((2 * i + 2 * i // 20) % 20) for i, name in enumerate(others)}
-    return {**palette, harness.BASELINE: "black", PEER: "grey"}
+    return {**palette, kernel_benchmark.BASELINE: "black", PEER: "grey"}
 
 
 def series(records, x, y, **match):
@@ -582,7 +583,7 @@ def plot_kernels(results, key, ylabel, path):
         for i, name in enumerate(names):
             xs, ys = series(records, "length", key, kernel=name)
             ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], color=colour[name], markersize=4,
-                    linewidth=2.2 if name == harness.BASELINE else 1.3, label=name)
+                    linewidth=2.2 if name == kernel_benchmark.BASELINE else 1.3, label=name)
         log_y_axis(ax)
         length_axis(ax, lengths_of([r for _, run in runs for r in run]))
         ax.set_title(f"jit_compile {jit_name(jit)}")

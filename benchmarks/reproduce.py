@@ -35,7 +35,7 @@ import os
 import sys
 import time
 
-from benchmarks import attention as harness
+from benchmarks import harness
 from benchmarks import claims as claim_specs
 from benchmarks import reproduce_report
 

@@ -15,7 +15,7 @@ import json
 import math
 import os
 
-from benchmarks import attention as harness
+from benchmarks import harness
 from benchmarks import claims as claim_specs
 
 README_START, README_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"

@@ -24,7 +24,8 @@ import statistics
 import sys
 import time
 
-from benchmarks import attention as harness
+from benchmarks import attention as kernel_benchmark
+from benchmarks import harness
 
 CONFIGS = ("dense_layer", "routing_layer", "dense_model", "routing_model", "pytorch_model")
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
@@ -36,7 +37,7 @@ PEER_SCRIPT = os.path.join(harness.REPO_ROOT, "benchmarks", "peers", "routing_tr
 def memory_estimate(config, length):
     """Dense attention's [heads, L, L] logits and probabilities forward + backward, per layer; else 0."""
     layers = LAYERS if config == "dense_model" else 1
-    return layers * harness.dense_memory_bytes(length, HEADS) if config.startswith("dense") else 0
+    return layers * kernel_benchmark.dense_memory_bytes(length, HEADS) if config.startswith("dense") else 0
 
 
 def build(config, length, window, assignment="balanced"):

@@ -28,7 +28,7 @@ import time
 
 import psutil
 
-from benchmarks.attention import (GIB, MIB, RESULT_TAG, RESULTS_DIR, machine, peak_rss_bytes, reset_peak_rss,
+from benchmarks.harness import (GIB, MIB, RESULT_TAG, RESULTS_DIR, machine, peak_rss_bytes, reset_peak_rss,
                                   rss_bytes, run_guarded, write_atomically)
 
 LAYERS, HIDDEN, HEADS, VOCABULARY = 2, 128, 2, 256

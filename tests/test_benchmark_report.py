@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from benchmarks import attention as harness
+from benchmarks import harness
 from benchmarks import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
