@@ -213,19 +213,21 @@ def claim_section(data, settings, claim, plot_path):
     if held:
         lines += [f"Held-out: {held['bytes']:,} bytes of the test split; xz -9 on the same bytes: "
                   f"{held['xz_bits_per_byte']:.3f} bits/byte.", ""]
-    lines += ["| arm | parameters | learning rate | seeds | steps | tokens | s/step | held-out bits/byte per seed |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines += ["| arm | parameters | learning rate | seeds | steps | tokens | s/step | held-out bits/byte per seed | "
+              "mean at half the steps |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for arm, label in claim.arms.items():
         records = runs.get(arm)
         if not records:
-            lines.append(f"| {label} | not run yet | | | | | | |")
+            lines.append(f"| {label} | not run yet | | | | | | | |")
             continue
         first = records[0]
         per_step = stats([r["seconds_per_step"] for r in records])
+        halfway = stats([at_half_steps(r) for r in records])[0]
         lines.append(f"| {label} | {first['parameters']:,} | {first['learning_rate']:g} | {len(records)} | "
                      f"{first['steps']:,} | {first['tokens']:,} | {per_step[0]:.2f} | "
-                     + ", ".join(f"{r['bits_per_byte']:.3f}" for r in records) + " |")
+                     + ", ".join(f"{r['bits_per_byte']:.3f}" for r in records) + f" | {halfway:.3f} |")
     lines += budget_note(runs, held, claim)
+    lines += plateau_note(runs, claim)
     lines += load_note(runs)
     sweep = sweep_runs(data, settings, claim.name)
     if sweep:
@@ -247,6 +249,31 @@ def claim_section(data, settings, claim, plot_path):
     if plot_path:
         lines += ["", f"![{claim.title}: held-out bits/byte during training]({os.path.basename(plot_path)})"]
     return lines + [""]
+
+
+PLATEAU_GAIN = 0.02  # an arm whose held-out bits/byte fell by less over the second half of its runs is "flat"
+
+
+def at_half_steps(record):
+    """Held-out bits/byte at the in-run evaluation nearest half the run's steps."""
+    _, _, value = min(record["eval_curve"], key=lambda point: abs(point[0] - record["steps"] / 2))
+    return value
+
+
+def plateau_note(runs, claim):
+    """A sentence naming the arms still on a plateau (held-out bits/byte fell by less than PLATEAU_GAIN over the
+    second half of their runs, seed means) while others were not: their comparisons measure how soon each arm
+    leaves it, not what it reaches; else nothing."""
+    gains = {arm: 1 - stats([r["bits_per_byte"] for r in records])[0] / stats([at_half_steps(r) for r in records])[0]
+             for arm, records in runs.items() if records}
+    flat = [arm for arm, gain in gains.items() if gain < PLATEAU_GAIN]
+    if not flat or len(flat) == len(gains):
+        return []
+    return ["", "Still on a plateau: " + ", ".join(f"{claim.arms[arm]} ({gains[arm]:.1%} fewer bits over the second "
+                                                    "half of its runs)" for arm in flat)
+            + f", while the other arms gained {min(g for a, g in gains.items() if a not in flat):.1%} or more. At this "
+              "budget, comparisons with these arms measure how soon each arm leaves the plateau, not what it "
+              "reaches; more --steps would tell."]
 
 
 def budget_note(runs, held, claim):

@@ -177,6 +177,23 @@ def test_a_claim_whose_arms_are_all_worse_than_xz_says_the_runs_are_too_short():
     assert "3.400 against 1.600" in " ".join(reproduce_report.budget_note(runs, {"xz_bits_per_byte": 1.6}, claim))
 
 
+def test_arms_still_on_a_plateau_while_others_left_it_are_named():
+    claim = claims.CLAIMS["sparse"]
+
+    def run(halfway, end):  # 320 steps, evaluated at 100, 160 (nearest half) and 320
+        return {"steps": 320, "bits_per_byte": end, "eval_curve": [[100, 1.0, 3.9], [160, 2.0, halfway], [320, 3.0, end]]}
+
+    runs = {"dense": [run(3.64, 3.63), run(3.62, 3.61)], "fixed": [run(3.50, 3.25), run(3.55, 3.26)],
+            "strided": [run(3.50, 3.39)]}
+    assert reproduce_report.at_half_steps(runs["dense"][0]) == 3.64
+    note = " ".join(reproduce_report.plateau_note(runs, claim)).strip()
+    assert note.startswith("Still on a plateau: dense attention (0.3% fewer bits") and "fixed pattern" not in note
+    assert "the other arms gained 3.1% or more" in note  # strided: 1 - 3.39 / 3.50
+    runs["dense"] = [run(3.8, 3.6)]
+    assert reproduce_report.plateau_note(runs, claim) == []  # every arm moved
+    assert reproduce_report.plateau_note({"dense": [run(3.64, 3.63)], "fixed": [run(3.5, 3.49)]}, claim) == []
+
+
 def test_runs_timed_under_load_are_named_in_the_report():
     runs = {"local": [{"status": "ok", "others_cpu_share": 0.02}, {"status": "ok", "others_cpu_share": 0.35}],
             "routing_causal": [{"status": "ok", "others_cpu_share": 0.15}]}
