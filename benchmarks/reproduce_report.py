@@ -215,6 +215,7 @@ def claim_section(data, settings, claim, plot_path):
                   f"{held['xz_bits_per_byte']:.3f} bits/byte.", ""]
     lines += ["| arm | parameters | learning rate | seeds | steps | tokens | s/step | held-out bits/byte per seed | "
               "mean at half the steps |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    halfway = {arm: stats([at_half_steps(r) for r in records])[0] for arm, records in runs.items() if records}
     for arm, label in claim.arms.items():
         records = runs.get(arm)
         if not records:
@@ -222,12 +223,11 @@ def claim_section(data, settings, claim, plot_path):
             continue
         first = records[0]
         per_step = stats([r["seconds_per_step"] for r in records])
-        halfway = stats([at_half_steps(r) for r in records])[0]
         lines.append(f"| {label} | {first['parameters']:,} | {first['learning_rate']:g} | {len(records)} | "
                      f"{first['steps']:,} | {first['tokens']:,} | {per_step[0]:.2f} | "
-                     + ", ".join(f"{r['bits_per_byte']:.3f}" for r in records) + f" | {halfway:.3f} |")
+                     + ", ".join(f"{r['bits_per_byte']:.3f}" for r in records) + f" | {halfway[arm]:.3f} |")
     lines += budget_note(runs, held, claim)
-    lines += plateau_note(runs, claim)
+    lines += plateau_note(runs, halfway, claim)
     lines += load_note(runs)
     sweep = sweep_runs(data, settings, claim.name)
     if sweep:
@@ -260,12 +260,11 @@ def at_half_steps(record):
     return value
 
 
-def plateau_note(runs, claim):
+def plateau_note(runs, halfway, claim):
     """A sentence naming the arms still on a plateau (held-out bits/byte fell by less than PLATEAU_GAIN over the
-    second half of their runs, seed means) while others were not: their comparisons measure how soon each arm
-    leaves it, not what it reaches; else nothing."""
-    gains = {arm: 1 - stats([r["bits_per_byte"] for r in records])[0] / stats([at_half_steps(r) for r in records])[0]
-             for arm, records in runs.items() if records}
+    second half of their runs, seed means; `halfway`: each arm's mean `at_half_steps`) while others were not:
+    their comparisons measure how soon each arm leaves it, not what it reaches; else nothing."""
+    gains = {arm: 1 - stats([r["bits_per_byte"] for r in runs[arm]])[0] / mean for arm, mean in halfway.items()}
     flat = [arm for arm, gain in gains.items() if gain < PLATEAU_GAIN]
     if not flat or len(flat) == len(gains):
         return []

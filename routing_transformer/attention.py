@@ -400,8 +400,7 @@ class RoutingAttention(SelfAttention):
             start, _ = get_decoder("routing")
             cache["routing"] = start(x, *routing, cache_length, **self.routing_options())
         if self.local_heads:
-            start, _ = get_decoder(self.kernel)
-            cache["local"] = start(x, *local, cache_length, **self.kernel_arguments())
+            cache["local"] = super().start_cache(x, *local, cache_length)
         return cache
 
     def attend_next(self, x, q, k, v, cache, position):
@@ -412,8 +411,7 @@ class RoutingAttention(SelfAttention):
             out, new_cache["routing"] = step(x, *routing, cache["routing"], position, **self.routing_options())
             outputs.append(out)
         if self.local_heads:
-            _, step = get_decoder(self.kernel)
-            out, new_cache["local"] = step(x, *local, cache["local"], position, **self.kernel_arguments())
+            out, new_cache["local"] = super().attend_next(x, *local, cache["local"], position)
             outputs.append(out)
         return self.mix_heads(outputs), new_cache
 

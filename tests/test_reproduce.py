@@ -181,17 +181,24 @@ def test_arms_still_on_a_plateau_while_others_left_it_are_named():
     claim = claims.CLAIMS["sparse"]
 
     def run(halfway, end):  # 320 steps, evaluated at 100, 160 (nearest half) and 320
-        return {"steps": 320, "bits_per_byte": end, "eval_curve": [[100, 1.0, 3.9], [160, 2.0, halfway], [320, 3.0, end]]}
+        return {"steps": 320, "bits_per_byte": end,
+                "eval_curve": [[100, 1.0, 3.9], [160, 2.0, halfway], [320, 3.0, end]]}
 
     runs = {"dense": [run(3.64, 3.63), run(3.62, 3.61)], "fixed": [run(3.50, 3.25), run(3.55, 3.26)],
             "strided": [run(3.50, 3.39)]}
     assert reproduce_report.at_half_steps(runs["dense"][0]) == 3.64
-    note = " ".join(reproduce_report.plateau_note(runs, claim)).strip()
-    assert note.startswith("Still on a plateau: dense attention (0.3% fewer bits") and "fixed pattern" not in note
-    assert "the other arms gained 3.1% or more" in note  # strided: 1 - 3.39 / 3.50
+
+    def note(runs):
+        halfway = {arm: reproduce_report.stats([reproduce_report.at_half_steps(r) for r in records])[0]
+                   for arm, records in runs.items()}
+        return " ".join(reproduce_report.plateau_note(runs, halfway, claim)).strip()
+
+    text = note(runs)
+    assert text.startswith("Still on a plateau: dense attention (0.3% fewer bits") and "fixed pattern" not in text
+    assert "the other arms gained 3.1% or more" in text  # strided: 1 - 3.39 / 3.50
     runs["dense"] = [run(3.8, 3.6)]
-    assert reproduce_report.plateau_note(runs, claim) == []  # every arm moved
-    assert reproduce_report.plateau_note({"dense": [run(3.64, 3.63)], "fixed": [run(3.5, 3.49)]}, claim) == []
+    assert note(runs) == ""  # every arm moved
+    assert note({"dense": [run(3.64, 3.63)], "fixed": [run(3.5, 3.49)]}) == ""
 
 
 def test_runs_timed_under_load_are_named_in_the_report():
@@ -252,7 +259,8 @@ def test_experiments_table_cells_show_the_miniature_labelled_as_such(quick_run):
     enwik8 = "| Sparse Transformer | enwik8 | `sparse_transformer/enwik8.gin` | 94.9M | 0.99 bits/byte"
     readme = ("| family | experiment | gin file | parameters (zoo) | paper | zoo measured |\n"
               f"{enwik8} | not yet trained |\n"
-              "| Sparse Transformer | CIFAR-10 | `sparse_transformer/cifar10.gin` | 59.2M | 2.80 bits/dim | not yet |\n")
+              "| Sparse Transformer | CIFAR-10 | `sparse_transformer/cifar10.gin` | 59.2M | 2.80 bits/dim "
+              "| not yet trained |\n")
     reported = reproduce_report.reported_by_claim(data, settings)
     lines = reproduce_report.fill_experiments_table(readme, data, reported).split("\n")
     fixed = [r["bits_per_byte"] for r in reproduce_report.main_runs(data, settings, "sparse")["fixed"]]
