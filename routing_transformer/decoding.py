@@ -48,7 +48,8 @@ Caches. Positions differ per (batch, head) row in routing, so routed entries are
 slot per (position, row), slot = position x rows + row; a step gathers exactly the entries it reads.
 `common.kv_cache`'s slots hold every row at one position, and gathering the union of the rows' positions there
 would cost (batch x heads)^2 x window entries. The scores, read at every position for every row, use
-`common.kv_cache`. Like all serving code this is TensorFlow-only.
+`common.kv_cache`. TensorFlow-only (TensorArray caches): the package registers this module by name and it is
+imported on the first routing decode.
 """
 
 import tensorflow as tf

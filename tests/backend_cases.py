@@ -8,7 +8,7 @@ from keras import ops
 import combiner
 import routing_transformer
 import sparse_transformer
-from common.attention import get_kernel
+from common.attention import get_decoder, get_kernel
 
 BATCH, HEADS, LENGTH, DIM = 2, 2, 32, 8
 VOCABULARY, MODEL_LENGTH = 48, 32
@@ -37,6 +37,9 @@ KERNEL_CASES = {
     "combiner_mixture": ("combiner", dict(variant="mixture", segment_length=8)),
 }
 SHARED_KEYS = {"routing"}  # kernels that take k = None (keys are the queries) unless share_qk=False
+# Cases whose decoders run on any backend (routing's and Combiner's caches are TensorFlow's TensorArrays).
+DECODED_CASES = ("dense_causal", "local", "sparse_fixed", "sparse_local_strided")
+PROMPT = 11  # decoded cases: positions 0 .. PROMPT - 1 are the prompt, the rest are decoded one at a time
 
 
 def kernel_inputs(seed=0):
@@ -52,6 +55,25 @@ def kernel_outputs():
         keys = None if kernel in SHARED_KEYS and options.get("share_qk", True) else k
         out = get_kernel(kernel)(q, keys, v, **options)
         outputs[name] = np.asarray(ops.convert_to_numpy(out), np.float32)
+    return outputs
+
+
+def decoded_outputs():
+    """{case: rows PROMPT .. LENGTH - 1 of the kernel's output, decoded one position at a time after a prompt}
+    of every DECODED_CASES case on this backend (float32 numpy)."""
+    q, k, v = kernel_inputs()
+    outputs = {}
+    for name in DECODED_CASES:
+        kernel, options = KERNEL_CASES[name]
+        start, step = get_decoder(kernel)
+        cache = start(None, q[:, :, :PROMPT], k[:, :, :PROMPT], v[:, :, :PROMPT], LENGTH, **options)
+        rows = []
+        for position in range(PROMPT, LENGTH):
+            span = slice(position, position + 1)
+            out, cache = step(None, q[:, :, span], k[:, :, span], v[:, :, span], cache,
+                              ops.convert_to_tensor(position, "int32"), **options)
+            rows.append(np.asarray(ops.convert_to_numpy(out), np.float32))
+        outputs[name] = np.concatenate(rows, axis=2)
     return outputs
 
 

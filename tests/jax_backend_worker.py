@@ -1,24 +1,44 @@
 """The JAX half of tests/test_jax_backend.py: `KERAS_BACKEND=jax python -m tests.jax_backend_worker DIR`.
 
 Reads DIR/<family>.weights.h5 (written by the TensorFlow test process), writes DIR/jax.npz: every kernel
-case's output, every family's logits with those weights, and the losses of a few jit-compiled `fit` epochs
-from them (plus how far the routing model's k-means centroids moved).
+case's output, the decoded cases' outputs, every family's logits with those weights, and the losses of a few
+jit-compiled `fit` epochs from them (plus how far the routing model's k-means centroids moved). TensorFlow
+cannot be imported here, as on the GPU machine (JAX, no TensorFlow): the library must not need it.
 """
 
+import importlib.abc
 import os
 import sys
 
-import keras
-import numpy as np
-from keras import ops
 
-from common.metrics import LanguageModelLoss
-from tests import backend_cases
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    """Makes every `import tensorflow...` fail as if it were not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r} (the JAX worker runs without TensorFlow)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NoTensorFlow())
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from common.attention import get_decoder  # noqa: E402
+from common.metrics import LanguageModelLoss  # noqa: E402
+from tests import backend_cases  # noqa: E402
 
 
 def main(directory):
     assert keras.backend.backend() == "jax", keras.backend.backend()
     results = {f"kernel/{name}": out for name, out in backend_cases.kernel_outputs().items()}
+    results.update({f"decoded/{name}": out for name, out in backend_cases.decoded_outputs().items()})
+    try:
+        get_decoder("routing")
+    except ValueError as error:  # TensorFlow-only: one line saying so
+        results["routing_decoder_error"] = np.array(str(error))
     ids = backend_cases.training_ids()
     for family, model in backend_cases.family_models().items():
         model.build((None, None))

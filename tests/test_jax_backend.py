@@ -2,7 +2,8 @@
 
 One worker process (`tests.jax_backend_worker`, KERAS_BACKEND=jax) runs every kernel case of
 `tests.backend_cases` and every family model with the weights this TensorFlow process wrote; the outputs must
-equal TensorFlow's to 1e-5 (float32), and each family must train there with a jit-compiled `fit`.
+equal TensorFlow's to 1e-5 (float32), and each family must train there with a jit-compiled `fit`. The worker
+blocks `import tensorflow`, as on the GPU machine: the library must run without it.
 """
 
 import os
@@ -26,6 +27,7 @@ def runs(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("jax_backend"))
     ids = backend_cases.training_ids()
     tensorflow = {f"kernel/{name}": out for name, out in backend_cases.kernel_outputs().items()}
+    tensorflow.update({f"decoded/{name}": out for name, out in backend_cases.decoded_outputs().items()})
     keras.utils.set_random_seed(0)  # unseeded initialisers draw from the global state: the same weights every run
     for family, model in backend_cases.family_models().items():
         model.build((None, None))
@@ -45,6 +47,21 @@ def test_every_kernel_gives_tensorflow_s_output_under_jax(runs, case):
     want = tensorflow[f"kernel/{case}"]
     assert np.abs(want).max() > 0.1  # a real output, not zeros on both sides
     np.testing.assert_allclose(jax_results[f"kernel/{case}"], want, **TOL)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("case", backend_cases.DECODED_CASES)
+def test_decoding_one_position_at_a_time_gives_the_full_pass_rows_on_both_backends(runs, case, backend):
+    """The cache is a TensorArray under TensorFlow and a tensor updated in place under JAX."""
+    tensorflow, jax_results = runs
+    decoded = (tensorflow if backend == "tensorflow" else jax_results)[f"decoded/{case}"]
+    np.testing.assert_allclose(decoded, tensorflow[f"kernel/{case}"][:, :, backend_cases.PROMPT:], **TOL)
+
+
+def test_tensorflow_only_decoders_are_a_one_line_error_under_jax(runs):
+    message = str(runs[1]["routing_decoder_error"])
+    assert message == ("incremental decoding of 'routing' attention needs Keras' 'tensorflow' backend; this "
+                       "process runs 'jax'."), message
 
 
 @pytest.mark.parametrize("family", ["routing", "sparse", "combiner"])

@@ -12,12 +12,18 @@ keys). `cache_length` is how many positions the cache holds: the generation's to
 `options` are the kernel's own (`causal`, `block_size`, relative tables, ...). `position` is the new token's
 index (a scalar int tensor); the step returns what the kernel returns at that row of a full pass over
 positions 0 .. position, and reads only the cached positions the kernel's pattern lets that row see, so its
-cost follows the pattern, not the prefix. Caches are nested structures of tensors and TensorArrays (see
-`common.kv_cache`), so they can be `tf.while_loop` variables.
+cost follows the pattern, not the prefix. Caches are nested structures of tensors and, under TensorFlow,
+TensorArrays (see `common.kv_cache`), so they can be loop variables.
+
+A decoder whose code needs TensorFlow (routing's and Combiner's caches are TensorArrays) is registered by module
+(`register_decoder_module`) and imported on first use, so importing its family loads no TensorFlow; under
+another backend asking for it is a one-line error.
 """
 
+import importlib
 import math
 
+import keras
 from keras import ops
 
 from common import kv_cache
@@ -25,6 +31,7 @@ from common.attention import checks, masks, relative
 from common.attention.softmax import masked_softmax
 
 _DECODERS = {}
+_DECODER_MODULES = {}
 
 
 def register_decoder(name, start, step):
@@ -32,11 +39,23 @@ def register_decoder(name, start, step):
     _DECODERS[name] = (start, step)
 
 
+def register_decoder_module(name, module, backend="tensorflow"):
+    """Kernel `name`'s decoder is registered by importing `module` (which needs Keras backend `backend`) on its
+    first use."""
+    _DECODER_MODULES[name] = (module, backend)
+
+
 def get_decoder(name):
     """The (start, step) pair of kernel `name`; `ValueError` naming the decodable kernels otherwise."""
+    if name not in _DECODERS and name in _DECODER_MODULES:
+        module, backend = _DECODER_MODULES[name]
+        if keras.backend.backend() != backend:
+            raise ValueError(f"incremental decoding of {name!r} attention needs Keras' {backend!r} backend; this "
+                             f"process runs {keras.backend.backend()!r}.")
+        importlib.import_module(module)
     if name not in _DECODERS:
         raise ValueError(f"attention kernel {name!r} has no incremental decoder; kernels that have one: "
-                         f"{sorted(_DECODERS)}.")
+                         f"{sorted(set(_DECODERS) | set(_DECODER_MODULES))}.")
     return _DECODERS[name]
 
 
