@@ -268,6 +268,16 @@ class DecoderLM(keras.Model):
             new_caches.append(cache)
         return self.logits(x)[:, 0], tuple(new_caches)
 
+    def summaries(self):
+        """Scalars a trainer logs, {"group/layer_i/name": value}: every block's attention layer's `summaries()`
+        (e.g. routing's k-means cluster sizes), so that the trainer needs to know no layer."""
+        scalars = {}
+        for i, block in enumerate(self.blocks):
+            for name, value in block.attention.summaries().items():
+                group, _, stat = name.rpartition("/")
+                scalars[f"{group}/layer_{i}/{stat}" if group else f"layer_{i}/{stat}"] = value
+        return scalars
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.vocabulary_size,)
 

@@ -367,20 +367,6 @@ def make_train_step(model, optimizer, clip_norm, jit_compile, strategy=None):
     return step_function(strategy, replica_step, jit_compile)
 
 
-def routing_statistics(model):
-    """Cluster-size statistics of every k-means layer: the largest and smallest EMA cluster fractions."""
-    stats = {}
-    for i, block in enumerate(getattr(model, "blocks", [])):
-        kmeans = getattr(block.attention, "kmeans", None)
-        if kmeans is None:
-            continue
-        counts = tf.convert_to_tensor(kmeans.ema_count)
-        fractions = counts / tf.maximum(tf.reduce_sum(counts, axis=-1, keepdims=True), 1e-9)
-        stats[f"routing/layer_{i}/largest_cluster_fraction"] = tf.reduce_max(fractions)
-        stats[f"routing/layer_{i}/smallest_cluster_fraction"] = tf.reduce_min(fractions)
-    return stats
-
-
 def _duration(seconds):
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else \
@@ -459,7 +445,7 @@ def train(experiment, model_dir, strategy=None):
                 tf.summary.scalar("learning_rate", float(lr))
                 tf.summary.scalar("tokens_per_second", tokens_per_second)
                 tf.summary.scalar("train_seconds", clock_offset + trained_s)
-                for name, value in routing_statistics(model).items():
+                for name, value in getattr(model, "summaries", dict)().items():
                     tf.summary.scalar(name, value)
             window_tokens, window_time = 0.0, time.time()
         if current % experiment.checkpoint_every == 0 or last:

@@ -385,6 +385,15 @@ class RoutingAttention(SelfAttention):
             self.kmeans.update(queries, query_assignment)
             self.kmeans.update(aux["keys"], aux["key_assignment"])
 
+    def summaries(self):
+        """The largest and smallest EMA cluster fractions of the k-means (none with hashing)."""
+        if self.kmeans is None:
+            return {}
+        counts = ops.convert_to_tensor(self.kmeans.ema_count)
+        fractions = counts / ops.maximum(ops.sum(counts, axis=-1, keepdims=True), 1e-9)
+        return {"routing/largest_cluster_fraction": ops.max(fractions),
+                "routing/smallest_cluster_fraction": ops.min(fractions)}
+
     # Incremental decoding: the routing heads use the "routing" decoder (`routing_transformer.decoding`), the
     # local heads the local one; centroids never move (no k-means update outside training).
 

@@ -187,6 +187,11 @@ class SelfAttention(keras.layers.Layer):
         _, step = get_decoder(self.kernel)
         return step(x, q, k, v, cache, position, **self.decoding_arguments())
 
+    def summaries(self):
+        """Scalars a trainer logs for this layer, {"group/name": value}; none by default (routing logs its
+        k-means cluster sizes)."""
+        return {}
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)
 

@@ -108,6 +108,26 @@ def test_jit_fit_step_moves_routing_centroids_and_round_trips():
                            np.asarray(routing[0].kmeans.centroids))
 
 
+def test_summaries_are_each_routing_layer_s_cluster_fractions():
+    """What the trainer logs (`DecoderLM.summaries`): per k-means layer, the largest and smallest share of the
+    EMA cluster counts, named by block index; the local-only first block and a hashing model log none."""
+    model = _model()
+    ids = _ids(5)
+    _fit_once(model, ids)
+    summaries = {name: float(value) for name, value in model.summaries().items()}
+    assert set(summaries) == {f"routing/layer_{i}/{stat}_cluster_fraction"
+                              for i in (1, 2) for stat in ("largest", "smallest")}
+    for i, layer in ((1, model.blocks[1].attention), (2, model.blocks[2].attention)):
+        counts = np.asarray(layer.kmeans.ema_count, np.float64)
+        fractions = counts / counts.sum(axis=-1, keepdims=True)
+        assert summaries[f"routing/layer_{i}/largest_cluster_fraction"] == pytest.approx(fractions.max(), rel=1e-5)
+        assert summaries[f"routing/layer_{i}/smallest_cluster_fraction"] == pytest.approx(fractions.min(), rel=1e-5)
+        assert fractions.max() > fractions.min()  # a real spread after one step, not a uniform start
+    hashing = _model(hash_items=True)
+    hashing(ids)
+    assert hashing.summaries() == {}
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_remat_takes_the_kmeans_statistics_once_per_step(jit_compile):
     """The recompute for the gradient does not update the centroids again (the original: `not is_recomputing`):
