@@ -395,13 +395,15 @@ def quality_section(results, plots, report_dir):
         if not measured(r):
             rows.append([r["config"], jit_name(r["jit"]), r["status"], "", "", "", "", "", ""])
             continue
-        rows.append([r["config"], jit_name(r["jit"]), f"{r['parameters']:,}" if "parameters" in r else "n/a",
+        marked = "others_cpu_share" in r and harness.disturbed(r)
+        rows.append([r["config"] + ("*" if marked else ""), jit_name(r["jit"]),
+                     f"{r['parameters']:,}" if "parameters" in r else "n/a",
                      f"{r['steps']:,}", f"{r['tokens_per_s']:,.0f}",
                      number(r["train_wall_s"] / 60), number(r["train_cpu_s"] / 60), f"{r['bits_per_byte']:.3f}",
                      times(r["bits_per_byte"] / xz if xz else None)])
     lines += table(["config", "jit", "parameters", "steps", "tokens/s", "wall minutes", "CPU-minutes",
                     "held-out bits/byte",
-                    "this/xz -9"], rows, text_columns=2) + [""]
+                    "this/xz -9"], rows, text_columns=2) + [""] + disturbed_note(data["records"])
     if "quality" in plots:
         lines += [image(plots["quality"], PLOT_CAPTIONS["quality"], report_dir), ""]
     return lines

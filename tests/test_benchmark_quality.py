@@ -74,8 +74,8 @@ def test_bad_arguments_are_refused_in_one_line(capsys, argv, message):
 def test_tiny_run_scores_the_test_bytes_against_xz(corpus, tmp_path):  # noqa: F811
     text_dir, data_dir = corpus
     stem = str(tmp_path / "quality")
-    quality.main(["--configs=combiner", "--jit=off", "--budget_s=3", "--eval_batches=2",
-                  "--gin_param=Experiment.batch_size = 2",
+    quality.main(["--configs=combiner", "--jit=off", "--budget_s=3", "--eval_batches=2", "--idle_wait=0",
+                  "--gin_param=Experiment.batch_size = 2", "--gin_param=Experiment.log_every = 1",
                   f"--data_dir={data_dir}", f"--local_text_dir={text_dir}", f"--output={stem}"])
     with open(stem + ".json") as f:
         results = json.load(f)
@@ -92,5 +92,8 @@ def test_tiny_run_scores_the_test_bytes_against_xz(corpus, tmp_path):  # noqa: F
     assert math.isclose(results["xz_bits_per_byte"], 8 * len(lzma.compress(held_out, preset=9)) / len(held_out))
     with open(stem + ".md") as f:
         report = f.read()
-    assert f"| combiner | off | {record['parameters']:,} | {record['steps']:,} |" in report
+    assert 0.0 <= record["others_cpu_share"] <= 1.0
+    mark = "*" if record["others_cpu_share"] > 0.10 else ""  # shared the CPU with other processes (pytest -n 2)
+    assert (f"| combiner{mark} | off | {record['parameters']:,} | {record['steps']:,} |" in report
+            and f" | {record['others_cpu_share']:.0%} | {record['bits_per_byte']:.3f} |" in report)
     assert "- Target: the best family at most 1.80 bits/byte" in report

@@ -77,6 +77,8 @@ def quality_input():
                for i, (config, jit) in enumerate((c, j) for c in ("dense", "routing", "sparse", "combiner")
                                                  for j in (True, False))]
     records[-1] = {"config": "combiner", "jit": False, "status": "timeout"}
+    records[2]["others_cpu_share"] = 0.5  # routing, jit on: trained while other processes took half the CPU
+    records[3]["others_cpu_share"] = 0.01
     return {"machine": "Test CPU, 2 cores", "command": "python -m benchmarks.quality", "date": "2026-11-25",
             "matmul_flops_per_s": 5.0e10,
             "settings": {"sequence_length": 256, "budget_s": 600.0, "eval_split": "test"},
@@ -147,6 +149,7 @@ def test_families_quality_and_decoding_tables(synthetic):
     assert "| dense | on | 1,000,000 | 1,200 | 8,000 | 10.0 | 19.2 | 2.000 | 0.80x |" in quality  # 2.0 / xz's 2.5
     assert "(test split) to 2.500 bits/byte" in quality and "matmul rate: 50 GFLOP/s" in quality
     assert "| combiner | off | timeout |" in quality
+    assert "| routing* | on |" in quality and "| routing | off |" in quality and "\\* Other processes used" in quality
     decoding = section(text, "Generation: cached decoding against the full pass")
     assert "| strided | 4,096 | 2.00 | 200 | 100x |" in decoding
 
