@@ -133,8 +133,9 @@ def wait_for_idle(max_s):
 
 
 def disturbed(record):
-    """True when other processes used more than BUSY_SHARE of the CPU during the record's timed calls."""
-    return record["status"] == "ok" and record["others_cpu_share"] > BUSY_SHARE
+    """True when other processes used more than BUSY_SHARE of the CPU during the record's timed calls (False
+    for a record that did not measure it)."""
+    return record.get("others_cpu_share", 0.0) > BUSY_SHARE and record["status"] == "ok"
 
 
 def ratio(baseline, record, key):

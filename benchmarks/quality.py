@@ -143,7 +143,8 @@ def report(records, xz, held_out, peak, args, command, date, wall_s):
              f"processes left the CPU (or after --idle_wait). \"others' CPU\": the share of the machine other "
              f"processes used while it trained; above {harness.BUSY_SHARE:.0%} (marked *) its steps, tokens/s and "
              "bits/byte are not what this machine gives a run of its own.", "",
-             "| config | jit | parameters | steps | tokens/s | CPU-minutes | others' CPU | held-out bits/byte | vs xz -9 |",
+             "| config | jit | parameters | steps | tokens/s | CPU-minutes | others' CPU | held-out bits/byte | "
+             "vs xz -9 |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in records:
         jit = {None: "preset", True: "on", False: "off"}[r["jit"]]
@@ -151,9 +152,9 @@ def report(records, xz, held_out, peak, args, command, date, wall_s):
             lines.append(f"| {r['config']} | {jit} | {r['status']} | | | | | | |")
             continue
         mark = "*" if harness.disturbed(r) else ""
-        lines.append(f"| {r['config']}{mark} | {jit} | {r['parameters']:,} | {r['steps']:,} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['train_cpu_s'] / 60:.1f} | {r['others_cpu_share']:.0%} | {r['bits_per_byte']:.3f} | "
-                     f"{r['bits_per_byte'] / xz:.2f}x |")
+        lines.append(f"| {r['config']}{mark} | {jit} | {r['parameters']:,} | {r['steps']:,} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['train_cpu_s'] / 60:.1f} | {r['others_cpu_share']:.0%} | "
+                     f"{r['bits_per_byte']:.3f} | {r['bits_per_byte'] / xz:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -115,7 +115,7 @@ def measured(record):
 
 def time_text(record):
     """The record's time in ms, with attention.py's "*" when other processes disturbed it."""
-    marked = "others_cpu_share" in record and harness.disturbed(record)
+    marked = harness.disturbed(record)
     return number(record["time_ms"]) + ("*" if marked else "")
 
 
@@ -132,7 +132,7 @@ def table(header, rows, text_columns=1):
 
 def disturbed_note(records):
     """The footnote of the "*" marks, or nothing when no time was disturbed."""
-    if not any("others_cpu_share" in r and harness.disturbed(r) for r in records):
+    if not any(harness.disturbed(r) for r in records):
         return []
     return [f"\\* Other processes used more than {100 * harness.BUSY_SHARE:.0f}% of the machine's CPU during "
             "these timed calls: their times are inflated.", ""]
@@ -395,8 +395,7 @@ def quality_section(results, plots, report_dir):
         if not measured(r):
             rows.append([r["config"], jit_name(r["jit"]), r["status"], "", "", "", "", "", ""])
             continue
-        marked = "others_cpu_share" in r and harness.disturbed(r)
-        rows.append([r["config"] + ("*" if marked else ""), jit_name(r["jit"]),
+        rows.append([r["config"] + ("*" if harness.disturbed(r) else ""), jit_name(r["jit"]),
                      f"{r['parameters']:,}" if "parameters" in r else "n/a",
                      f"{r['steps']:,}", f"{r['tokens_per_s']:,.0f}",
                      number(r["train_wall_s"] / 60), number(r["train_cpu_s"] / 60), f"{r['bits_per_byte']:.3f}",

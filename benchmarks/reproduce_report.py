@@ -215,7 +215,7 @@ def claim_section(data, settings, claim, plot_path):
                   f"{held['xz_bits_per_byte']:.3f} bits/byte.", ""]
     lines += ["| arm | parameters | learning rate | seeds | steps | tokens | s/step | held-out bits/byte per seed | "
               "mean at half the steps |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
-    halfway = {arm: stats([at_half_steps(r) for r in records])[0] for arm, records in runs.items() if records}
+    halfway = means_at_half_steps(runs)
     for arm, label in claim.arms.items():
         records = runs.get(arm)
         if not records:
@@ -260,6 +260,11 @@ def at_half_steps(record):
     return value
 
 
+def means_at_half_steps(runs):
+    """{arm: the mean over its seeds of `at_half_steps`} of every arm with runs."""
+    return {arm: stats([at_half_steps(r) for r in records])[0] for arm, records in runs.items() if records}
+
+
 def plateau_note(runs, halfway, claim):
     """A sentence naming the arms still on a plateau (held-out bits/byte fell by less than PLATEAU_GAIN over the
     second half of their runs, seed means; `halfway`: each arm's mean `at_half_steps`) while others were not:
@@ -294,7 +299,7 @@ def load_note(runs):
     sentence saying so, since their s/step and the equal-time view carry that load (the bits/byte at a step do
     not: a seed fixes them); else nothing."""
     records = [r for records in runs.values() for r in records]
-    busy = [r["others_cpu_share"] for r in records if "others_cpu_share" in r and harness.disturbed(r)]
+    busy = [r["others_cpu_share"] for r in records if harness.disturbed(r)]
     if not busy:
         return []
     low, high = round(100 * min(busy)), round(100 * max(busy))

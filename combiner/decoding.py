@@ -30,7 +30,8 @@ once per region; every cache also holds the keys, values and scaled queries of e
   row, O((r + m) d). The step completing a row adds its right parts: O(m^2 d), amortised O(m d).
 
 So no step reads the whole prefix except logsparse's at p + 1 = 2^j. This module is TensorFlow-only
-(TensorArray caches, `tf.cond`): the package registers it by name and it is imported on the first decode. Dropout is never applied: decoding is inference.
+(TensorArray caches, `tf.cond`): the package registers it by name and it is imported on the first decode.
+Dropout is never applied: decoding is inference.
 """
 
 import math

@@ -189,8 +189,7 @@ def test_arms_still_on_a_plateau_while_others_left_it_are_named():
     assert reproduce_report.at_half_steps(runs["dense"][0]) == 3.64
 
     def note(runs):
-        halfway = {arm: reproduce_report.stats([reproduce_report.at_half_steps(r) for r in records])[0]
-                   for arm, records in runs.items()}
+        halfway = reproduce_report.means_at_half_steps(runs)
         return " ".join(reproduce_report.plateau_note(runs, halfway, claim)).strip()
 
     text = note(runs)
