@@ -39,7 +39,7 @@ import psutil
 
 from benchmarks.harness import (BUSY_SHARE, GIB, MIB, RESULT_TAG, RESULTS_DIR, comma_list, cpu_seconds, disturbed,
                                 growth_exponent, load_average, machine, others_cpu_share, peak_rss_bytes, ratio,
-                                reset_peak_rss, rss_bytes, run_guarded, timed_call, wait_for_idle,
+                                run_guarded, start_peak_rss, timed_call, wait_for_idle,
                                 write_atomically)
 
 BATCH, HEADS, HEAD_DIM = 1, 8, 64  # HEADS is the default of --heads
@@ -145,8 +145,7 @@ def measure(name, length, repeats, warmup, jit, heads=HEADS):
     step = make_step(resolve_kernel(entry.kernel), entry.options, jit)
     shape = (BATCH, heads, length, HEAD_DIM)
     q, k, v = (tf.random.stateless_normal(shape, seed=(i, 0)) for i in range(3))
-    baseline = rss_bytes()
-    peak_was_reset = reset_peak_rss()
+    baseline, peak_was_reset = start_peak_rss()
     warmups = [timed_call(step, q, k, v) for _ in range(warmup)]  # the first call traces / compiles
     cpu_before = cpu_seconds()
     timed = [timed_call(step, q, k, v) for _ in range(repeats)]

@@ -59,7 +59,7 @@ def rss_bytes():
 
 
 def reset_peak_rss():
-    """Resets this process's peak-RSS mark (Linux >= 4.0), so that ru_maxrss counts from now; False if not."""
+    """Resets this process's peak-RSS mark (Linux >= 4.0), so that the peak counts from now; False if not."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -69,8 +69,28 @@ def reset_peak_rss():
 
 
 def peak_rss_bytes():
-    """Peak resident set size of this process (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident set size of this process since the last `reset_peak_rss`: /proc's VmHWM.
+
+    ru_maxrss is only the fallback: it also keeps the peak of the image before exec (a worker started from a
+    large process begins with that process's peak), which no reset clears."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def start_peak_rss():
+    """Resets the peak-RSS mark; returns (the bytes a step's peak is measured from, whether it was reset).
+
+    After a reset the mark starts at the RSS of that moment, so peak minus this baseline is never negative.
+    The RSS read a moment before the reset can be higher (another thread freed memory in between, as the
+    previous model of a process that measures several is collected), which made memory come out negative."""
+    was_reset = reset_peak_rss()
+    return (peak_rss_bytes() if was_reset else rss_bytes()), was_reset
 
 
 def wait_guarded(proc, timeout_s, memory_limit):

@@ -87,8 +87,7 @@ def measure_step(layer, inputs, loss_of, repeats, jit):
         return tape.gradient(loss, layer.trainable_variables)
 
     step = tf.function(step, jit_compile=jit)
-    baseline = harness.rss_bytes()
-    harness.reset_peak_rss()
+    baseline, _ = harness.start_peak_rss()
     harness.timed_call(step, inputs)  # traces / compiles
     times = [harness.timed_call(step, inputs)[0] for _ in range(repeats)]
     return {"time_ms": 1000 * statistics.median(times), "times_ms": [1000 * t for t in times],

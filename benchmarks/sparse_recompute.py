@@ -28,8 +28,8 @@ import time
 
 import psutil
 
-from benchmarks.harness import (GIB, MIB, RESULT_TAG, RESULTS_DIR, machine, peak_rss_bytes, reset_peak_rss,
-                                  rss_bytes, run_guarded, write_atomically)
+from benchmarks.harness import (GIB, MIB, RESULT_TAG, RESULTS_DIR, machine, peak_rss_bytes, run_guarded,
+                                  start_peak_rss, write_atomically)
 
 LAYERS, HIDDEN, HEADS, VOCABULARY = 2, 128, 2, 256
 CONFIGS = ("stored", "recompute", "recompute_bf16")
@@ -81,8 +81,7 @@ def measure(config, length, chunk):
         grads = tape.gradient(loss, model.trainable_variables)
         return float(loss), grads
 
-    baseline = rss_bytes()
-    reset_peak_rss()
+    baseline, _ = start_peak_rss()
     times = []
     for _ in range(2):  # the first call is a warm-up
         start = time.perf_counter()

@@ -1,6 +1,7 @@
 """benchmarks.harness (guarded worker processes, CPU shares, record analysis) and the kernel benchmark's
 acceptance checks, on synthetic workers and records."""
 
+import subprocess
 import sys
 
 import pytest
@@ -29,6 +30,33 @@ def test_a_worker_past_its_time_or_memory_is_killed():
     assert harness.run_guarded(python("import time; time.sleep(30)"), 0.5, 4 * harness.GIB) == {"status": "timeout"}
     hog = "import time; x = bytearray(400 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(30)"
     assert harness.run_guarded(python(hog), 25, 100 * harness.MIB) == {"status": "killed (RSS > 0.1 GiB)"}
+
+
+def test_a_step_s_peak_memory_counts_from_the_reset_not_from_earlier_memory():
+    # A worker started from this (pytest) process, so its pre-exec peak is pytest's; a 300 MiB peak freed
+    # before the measurement; then 200 MiB freed (by "another thread") just before the reset. A step that
+    # touches 64 MiB measures 64 MiB: not less (a baseline from an earlier peak) nor negative.
+    code = """
+from benchmarks import harness
+def touch(n):
+    x = bytearray(n)
+    x[::4096] = b'1' * len(x[::4096])
+    return x
+earlier = touch(300 * harness.MIB)
+del earlier
+held = [touch(200 * harness.MIB)]
+reset = harness.reset_peak_rss
+def reset_after_a_free():
+    held.clear()
+    return reset()
+harness.reset_peak_rss = reset_after_a_free
+baseline, was_reset = harness.start_peak_rss()
+step = touch(64 * harness.MIB)
+print(was_reset, (harness.peak_rss_bytes() - baseline) / harness.MIB)
+"""
+    out = subprocess.run(python(code), capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "True"
+    assert 60 <= float(out[1]) <= 100
 
 
 def test_others_cpu_share_is_what_other_processes_used():
