@@ -19,7 +19,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m common.demo
+	$(PY) -m apps.demo
 
 # The three papers' claims in miniature, 2 seeds x 320 steps per arm (3.5 hours on 2 CPU cores, measured; resumable,
 # --claims= selects some).

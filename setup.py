@@ -1,4 +1,5 @@
-"""Installs the efficient-attention model zoo: `common` and the three family packages."""
+"""Installs the efficient-attention model zoo: the library `common`, the three family packages and the
+applications `apps`."""
 
 import setuptools
 
@@ -32,7 +33,8 @@ setuptools.setup(
     python_requires=">=3.10,<3.14",
     packages=setuptools.find_packages(include=["common", "common.*", "routing_transformer",
                                                "routing_transformer.*", "sparse_transformer",
-                                               "sparse_transformer.*", "combiner", "combiner.*"]),
+                                               "sparse_transformer.*", "combiner", "combiner.*", "apps",
+                                               "apps.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

@@ -47,7 +47,7 @@ from PIL import Image  # noqa: E402
 
 from benchmarks.harness import RESULTS_DIR  # noqa: E402
 from combiner.attention import combiner_attention  # noqa: E402
-from common import data, sample, train  # noqa: E402
+from apps import data, sample, train  # noqa: E402
 from common.attention import causal_mask, checks, dense_attention, local_attention, local_mask  # noqa: E402
 from common.layers import layer_norm  # noqa: E402
 from routing_transformer.attention import routing_attention  # noqa: E402
@@ -458,7 +458,7 @@ def main(argv=None):
     parser.add_argument("--heads", type=int, default=4, help="heads of the variant maps (even: some split heads)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random q and k")
     parser.add_argument("--model_dir", default=None,
-                        help="a Routing Transformer trained by `python -m common.train`; default: train a tiny one")
+                        help="a Routing Transformer trained by `python -m apps.train`; default: train a tiny one")
     parser.add_argument("--train_steps", type=int, default=TINY_TRAIN_STEPS, help="steps of the tiny model")
     parser.add_argument("--data_dir", default=None, help="TFDS data directory of the tiny model's corpus")
     parser.add_argument("--text_length", type=int, default=128, help="bytes of held-out text for the clusters")

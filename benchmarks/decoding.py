@@ -4,7 +4,7 @@
     python -m benchmarks.decoding --kernels=dense,local --prefixes=1024,4096 --new_tokens=16
 
 Each kernel is a 2-layer model (d=512, 8 heads of 64, FFN 2048, byte vocabulary, float32, batch 1):
-  - cached: `common.sample.generate` (one graph: prefill, then a tf.while_loop of cached steps, greedy). The time
+  - cached: `apps.sample.generate` (one graph: prefill, then a tf.while_loop of cached steps, greedy). The time
     per new token is (time with --new_tokens new tokens - time with 0) / new_tokens, so the prompt's pass is
     not counted;
   - full: the sampler without caches runs the model over the whole prefix for every new token; its time per
@@ -68,7 +68,7 @@ def fastest_seconds(fn, repeats):
 
 def measure(name, prefix, new_tokens, repeats):
     """Seconds per new token, cached and by a full pass, for one kernel and prefix length."""
-    from common import sample
+    from apps import sample
 
     model = build_model(name, prefix + new_tokens + 1)
     prompt = tf.random.stateless_uniform([1, prefix], seed=[1, 2], maxval=VOCAB, dtype=tf.int32)

@@ -11,7 +11,7 @@ rule, whose held-out bits are not helped by later tokens). `dense` is the Sparse
 attention in every layer, a reference. The presets were tuned on the validation split; the held-out bytes here
 are the test split's (files never trained on or tuned on), the first --eval_batches batches of the preset's
 windows; bytes are tokens, so bits per token are bits per byte, and xz -9 compresses exactly those bytes.
-Training: `common.train`, stopped by the preset's steps or by `Experiment.train_seconds = --budget_s`, whichever
+Training: `apps.train`, stopped by the preset's steps or by `Experiment.train_seconds = --budget_s`, whichever
 comes first; tracing and XLA compilation count against the budget, as they do for a user. CPU time is the worker
 process's user + system time while training. Each run starts once the CPU is idle and records the share other
 processes took while it trained: a run that shared the 2 cores gets a fraction of the steps (a table measured so
@@ -72,7 +72,7 @@ def train_and_score(config, jit, args):
     """Trains one (config, jit) for the budget in this process, then scores the held-out windows."""
     import tensorflow as tf
 
-    from common import train
+    from apps import train
 
     experiment = train.parse_config([PRESETS[config]], experiment_params(config, jit, args))
     with tempfile.TemporaryDirectory(prefix=f"quality_{config}_") as model_dir:

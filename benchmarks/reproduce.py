@@ -110,7 +110,7 @@ def train_run(settings, claim, arm, learning_rate, seed, data_dir=None):
 
     import tensorflow as tf
 
-    from common import curves, train
+    from apps import curves, train
 
     experiment = train.parse_config([], experiment_params(settings, claim, arm, learning_rate, seed, data_dir))
     with tempfile.TemporaryDirectory(prefix=f"reproduce_{claim}_{arm}_") as model_dir:
@@ -139,7 +139,7 @@ def train_run(settings, claim, arm, learning_rate, seed, data_dir=None):
 
 def held_out_text(settings, claim, data_dir=None):
     """The test-split bytes a claim's evaluation scores (its first eval_windows windows, unpadded)."""
-    from common import train
+    from apps import train
 
     experiment = train.parse_config([], experiment_params(settings, claim, next(iter(claim_specs.CLAIMS[claim].arms)),
                                                            1e-3, 0, data_dir))
@@ -148,7 +148,7 @@ def held_out_text(settings, claim, data_dir=None):
 
 def split_sizes(settings, data_dir=None):
     """Bytes of the train, validation and test splits of the corpus."""
-    from common import data
+    from apps import data
 
     sizes = {}
     for split in ("train", "validation", "test"):

@@ -21,7 +21,7 @@ RESULT_TAG = "BENCHMARK_RESULT "
 def measure(gin_file, jit, steps, warmup):
     """Times `steps` training steps after `warmup` ones in this process; returns the numbers."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from common import train
+    from apps import train
 
     experiment = train.parse_config([gin_file], [f"Experiment.jit_compile = {jit}"])
     model, _ = train.build_model(experiment)

@@ -16,7 +16,7 @@ original does; all-zero vectors (padding) are not counted. Counts are kept per h
 `[batch, heads, length, clusters]` one-hot through a reshape to `[-1, heads, clusters]` without a transpose,
 which mixes the counts of different heads when there is more than one; here each head counts its own tokens.
 `count` and `sum` are sums over the batch: under tf.distribute, `update` sums them over the replicas before the
-EMA (through the hook `set_replica_sum`, which `common.distribute` installs), so every replica applies the
+EMA (through the hook `set_replica_sum`, which `apps.distribute` installs), so every replica applies the
 update of the whole global batch, and the variables are written from the first replica (aggregation
 ONLY_FIRST_REPLICA), so they stay identical on every replica. Under recomputation
 (`common.recompute.remat`) the update runs in the forward pass only, not again in the recompute (the original's
@@ -43,7 +43,7 @@ _replica_sum = None
 
 def set_replica_sum(function):
     """Installs how `update` sums the batch statistics (a tuple of tensors) over data-parallel replicas:
-    `common.distribute` installs tf.distribute's when it is imported (the trainer does); None (the default, any
+    `apps.distribute` installs tf.distribute's when it is imported (the trainer does); None (the default, any
     backend) sums nothing, which is right for one device. Keeps this library free of TensorFlow."""
     global _replica_sum
     _replica_sum = function

@@ -7,7 +7,7 @@ from matplotlib import image
 
 from benchmarks import attention_maps
 from routing_transformer.model import RoutingTransformerLM
-from tests.common.train_helpers import clean_gin, corpus  # noqa: F401 (fixtures)
+from tests.apps.train_helpers import clean_gin, corpus  # noqa: F401 (fixtures)
 
 LENGTH, HEADS = 32, 4
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import decoding
-from common import sample
+from apps import sample
 
 ARGS = types.SimpleNamespace(kernels="local,fixed", prefixes="1024,16384", new_tokens=8, repeats=1)
 

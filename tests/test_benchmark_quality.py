@@ -10,8 +10,8 @@ import gin
 import pytest
 
 from benchmarks import quality
-from common import data, train
-from tests.common.train_helpers import clean_gin, corpus  # noqa: F401  (fixtures)
+from apps import data, train
+from tests.apps.train_helpers import clean_gin, corpus  # noqa: F401  (fixtures)
 
 
 def preset_experiment(config, args):

@@ -1,7 +1,7 @@
 """The papers' experiments as gin files (gin_configs/<family>/*.gin; files starting with '_' are fragments).
 
 - Every experiment parses and builds its model at full size (deferred variables: no weights are allocated, see
-  `common.experiment_info`), with the dataset, model family and sequence length it should have.
+  `apps.experiment_info`), with the dataset, model family and sequence length it should have.
 - Parameter counts at full size are within 5% of the papers' figures where the papers give one: Sparse
   Transformer 95M (enwik8), 59M (CIFAR-10), 152M (ImageNet 64). The Routing Transformer and Combiner papers give
   none in the reference notes (the Routing README's "RT-base 200M" does not match its own PG-19 hparams, which
@@ -23,9 +23,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from common import experiment_info, train
-from tests.common.data import fakes
-from tests.common.train_helpers import REPO, assert_one_line_error, clean_gin, run_module  # noqa: F401
+from apps import experiment_info, train
+from tests.apps.data import fakes
+from tests.apps.train_helpers import REPO, assert_one_line_error, clean_gin, run_module  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("clean_gin")
 
@@ -218,7 +218,7 @@ def test_shrunk_experiment_trains_two_steps(path, data_root):
 # --- the command ------------------------------------------------------------------------------------------
 
 def test_experiment_info_command_prints_count_and_memory_with_overrides():
-    result = run_module("common.experiment_info", "--gin_file=sparse_transformer/cifar10.gin",
+    result = run_module("apps.experiment_info", "--gin_file=sparse_transformer/cifar10.gin",
                         "--gin_param=SparseTransformerLM.num_layers = 4", "--gin_param=Experiment.batch_size = 2")
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -235,4 +235,4 @@ def test_experiment_info_command_prints_count_and_memory_with_overrides():
 
 def test_experiment_info_command_bad_file_is_one_line_error():
     assert "does not exist" in assert_one_line_error(
-        run_module("common.experiment_info", "--gin_file=combiner/no_such_experiment.gin"))
+        run_module("apps.experiment_info", "--gin_file=combiner/no_such_experiment.gin"))

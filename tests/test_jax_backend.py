@@ -16,7 +16,7 @@ import pytest
 from keras import ops
 
 from tests import backend_cases
-from tests.common.train_helpers import REPO
+from tests.apps.train_helpers import REPO
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

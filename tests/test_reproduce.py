@@ -10,7 +10,7 @@ import gin
 import pytest
 
 from benchmarks import claims, reproduce, reproduce_report
-from tests.common.train_helpers import assert_one_line_error, clean_gin, run_module  # noqa: F401  (fixture)
+from tests.apps.train_helpers import assert_one_line_error, clean_gin, run_module  # noqa: F401  (fixture)
 
 WORDS = ("def", "return", "self", "value", "class", "import", "for", "in", "if", "else", "None", "print")
 

@@ -148,7 +148,7 @@ class SelfAttention(keras.layers.Layer):
         q, k, v = self.project_heads(x)
         return self.combine_heads(self.attend_input(x, q, k, v, training=training))
 
-    # Incremental decoding (`common.sample`): one pass over the prompt that also returns a cache, then one
+    # Incremental decoding (`apps.sample`): one pass over the prompt that also returns a cache, then one
     # token per step, through the kernel's registered decoder (`common.attention.decoding`), given
     # `decoding_arguments`. A layer that mixes kernels (routing) overrides `start_cache` and `attend_next`.
 

@@ -11,7 +11,7 @@ from keras import ops
 
 from combiner import CombinerAttention, CombinerLM
 from combiner.summaries import LOCAL_SUMMARIES
-from common import sample
+from apps import sample
 from common.models import DecoderLM
 
 VOCAB, SEGMENT = 32, 4

@@ -8,7 +8,7 @@ import pytest
 import keras
 
 from combiner import CombinerAttention, CombinerLM
-from common import train
+from apps import train
 from common.metrics import LanguageModelLoss
 from tests.layer_checks import check_keras_round_trip
 

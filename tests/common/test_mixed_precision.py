@@ -13,7 +13,7 @@ from combiner import CombinerLM
 from common.metrics import LanguageModelLoss
 from routing_transformer import RoutingTransformerLM
 from sparse_transformer import SparseTransformerLM
-from tests.common.train_helpers import (  # noqa: F401  (fixtures)
+from tests.apps.train_helpers import (  # noqa: F401  (fixtures)
     checkpoint_values, clean_gin, corpus, read_scalars, tiny_params, train_in_process)
 
 VOCAB, LENGTH = 32, 32

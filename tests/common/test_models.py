@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from common import sample, train
+from apps import sample, train
 from common.layers import SelfAttention
 from common.metrics import BitsPerToken, LanguageModelLoss
 from common.models import DecoderLM
@@ -341,7 +341,7 @@ def test_target_dropout_replaces_ids_by_zero_at_its_rate_in_training_only():
 
 
 def test_target_dropout_feeds_dropped_ids_and_the_loss_scores_the_original_targets():
-    """A training step (common.train's loss) sees the dropped ids as inputs but scores every original token."""
+    """A training step (apps.train's loss) sees the dropped ids as inputs but scores every original token."""
     model = _model(target_dropout=0.5, seed=4)
     ids = _ids(seed=12, batch=4)
     ids[ids == 0] = 1

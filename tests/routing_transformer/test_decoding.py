@@ -9,7 +9,7 @@ import tensorflow as tf
 import keras
 from keras import ops
 
-from common import sample
+from apps import sample
 from common.models import DecoderLM
 from common.layers import layer_norm
 from routing_transformer import decoding

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import keras
 
-from common import sample
+from apps import sample
 from common.attention import dense_attention
 from common.layers import layer_norm
 from routing_transformer.attention import RoutingAttention, routing_attention

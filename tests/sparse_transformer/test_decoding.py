@@ -11,7 +11,8 @@ import tensorflow as tf
 
 import keras
 
-from common import kv_cache, sample
+from common import kv_cache
+from apps import sample
 from common.attention import dense_attention, get_decoder
 from common.models import DecoderLM
 from sparse_transformer import SparseAttention, SparseTransformerLM, attention_mask
@@ -30,7 +31,7 @@ def _qkv(length, heads=4, key_dim=4, value_dim=3, batch=2):
 
 def _rows_by_steps(q, k, v, prompt_length, **options):
     """The sparse decoder started on the first prompt_length positions, then one step per position in a
-    `tf.while_loop`, as `common.sample` runs it."""
+    `tf.while_loop`, as `apps.sample` runs it."""
     start, step = get_decoder("sparse")
     length = q.shape[2]
     q, k, v = (tf.constant(x) for x in (q, k, v))

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from common import train
+from apps import train
 from sparse_transformer import SparseAttention, SparseTransformerLM
-from tests.common.train_helpers import clean_gin, corpus, train_in_process  # noqa: F401  (fixtures)
+from tests.apps.train_helpers import clean_gin, corpus, train_in_process  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("clean_gin")
 
