@@ -17,6 +17,8 @@ import os
 
 import tensorflow as tf
 
+from apps import errors, gin_experiment
+
 UNREADABLE = "unreadable"
 
 # What restoring a damaged checkpoint raises: truncated data (IndexError "Read less bytes than requested"),
@@ -116,3 +118,56 @@ def _move_aside(prefixes, directory):
                 copy += 1
                 destination = os.path.join(target, f"{name}.{copy}")
             tf.io.gfile.rename(path, destination)
+
+
+def untracked_variables(model):
+    """Model variables that tf.train.Checkpoint cannot reach through the object graph.
+
+    Keras 3 hides from TensorFlow what layers keep in Python lists (e.g. the seed-generator state of every
+    `Dropout`), so these would silently not be saved; `model_objects` saves them by position instead.
+    """
+    reachable = {id(t) for t in tf.train.TrackableView(model).descendants()}
+    return tuple(v for v in model.variables if id(v) not in reachable)
+
+
+def model_objects(model):
+    """What a checkpoint holds of a model: its object graph plus the variables the graph misses."""
+    untracked = untracked_variables(model)
+    return dict(model=model, model_untracked=untracked) if untracked else dict(model=model)
+
+
+def make_checkpoint(model, optimizer, step, iterator):
+    objects = dict(model_objects(model), optimizer=optimizer, step=step)
+    if iterator is not None:
+        objects["iterator"] = iterator
+    return tf.train.Checkpoint(**objects)
+
+
+def restore(checkpoint, directory, move_aside=False):
+    """Restores the newest readable checkpoint of `directory` (see apps.checkpoints); returns its path, or
+    None when there is none. `UserError` when none can be restored (damaged, or of a model of another shape)."""
+    try:
+        return restore_newest_readable(checkpoint, directory, move_aside=move_aside)
+    except UnreadableCheckpointError as error:
+        raise errors.UserError(f"{error}; if they hold another model, use another --model_dir or the gin config it was "
+                               f"trained with.") from error
+
+
+def write_atomically(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_trained_model(model_dir):
+    """Rebuilds the model from `model_dir/operative_config.gin` and restores its latest checkpoint."""
+    config = os.path.join(model_dir, "operative_config.gin")
+    if not os.path.exists(config):
+        raise errors.UserError(f"{config} does not exist; train a model in {model_dir} first.")
+    experiment = gin_experiment.parse_config([config], [])
+    model, _ = gin_experiment.build_model(experiment)
+    checkpoint = tf.train.Checkpoint(**model_objects(model))
+    if restore(checkpoint, os.path.join(model_dir, "checkpoints")) is None:
+        raise errors.UserError(f"no checkpoint in {model_dir}/checkpoints.")
+    return model, experiment

@@ -53,3 +53,10 @@ def quiet_native_logs():
 
     atexit.register(restore)
     return True
+
+
+def duration(seconds):
+    """Seconds as 1m05s or 1h02m05s (progress lines)."""
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"

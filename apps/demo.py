@@ -19,7 +19,7 @@ if __name__ == "__main__":  # the command line, checked before TensorFlow loads 
 
 from absl import app, flags  # noqa: E402
 
-from apps import command_line, sample, train  # noqa: E402
+from apps import checkpoints, command_line, errors, evaluation, sample, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -65,10 +65,10 @@ def main(argv):
     params = ([f"Experiment.data_dir = {FLAGS.data_dir!r}"] if FLAGS.data_dir else []) + FLAGS.gin_param
     try:
         results = train.run(["quickstart.gin"], params, FLAGS.demo_dir, "train_and_eval")
-        model, experiment = sample.load_trained_model(FLAGS.demo_dir)
-    except train.UserError as error:
+        model, experiment = checkpoints.load_trained_model(FLAGS.demo_dir)
+    except errors.UserError as error:
         sys.exit(f"error: {error}")
-    text = train.evaluated_bytes(experiment)
+    text = evaluation.evaluated_bytes(experiment)
     xz = xz_bits_per_byte(text)
     bits = results["bits_per_token"]  # byte-level: one token per byte
     length = min(SAMPLE_LENGTH, experiment.sequence_length - len(PROMPT.encode("utf-8")))

@@ -16,6 +16,7 @@ import os
 import tensorflow as tf
 
 from common import kmeans
+from apps import errors
 from apps.command_line import STRATEGIES  # the --strategy names, known before TensorFlow loads
 
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -97,5 +98,21 @@ def replica_sum(tensors):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
 
 
-kmeans.set_replica_sum(replica_sum)  # the k-means statistics of a step are those of the global batch
+def check_replicas(experiment, strategy):
+    """Every replica takes an equal share of the global batch; says that jit_compile is ignored on several."""
+    replicas = strategy.num_replicas_in_sync
+    if experiment.batch_size % replicas:
+        raise errors.UserError(f"Experiment.batch_size = {experiment.batch_size} is not a multiple of the {replicas} "
+                               f"replicas of the strategy; every replica takes an equal share of the global batch.")
+    if replicas > 1 and experiment.jit_compile:
+        print(f"{replicas} replicas: Experiment.jit_compile is ignored (see apps.steps.step_function)", flush=True)
 
+
+def summary_writer(strategy, directory):
+    """A summary writer to `directory` on the chief, one that writes nothing on the other workers."""
+    if strategy.extended.should_save_summary:
+        return tf.summary.create_file_writer(directory)
+    return tf.summary.create_noop_writer()
+
+
+kmeans.set_replica_sum(replica_sum)  # the k-means statistics of a step are those of the global batch

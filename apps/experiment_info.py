@@ -21,7 +21,7 @@ if __name__ == "__main__":  # the command line, checked before TensorFlow loads 
 import keras  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from apps import command_line, data, train  # noqa: E402
+from apps import command_line, data, errors, gin_experiment  # noqa: E402
 
 FLOAT_BYTES = 4
 FLAGS = flags.FLAGS
@@ -78,8 +78,8 @@ def describe(experiment):
             model = experiment.model(vocabulary_size=info.vocabulary_size)
             model.build((1, experiment.sequence_length))
     except ValueError as error:
-        raise train.UserError(f"the model cannot take sequence_length={experiment.sequence_length}: "
-                              f"{train._first_line(error)}") from error
+        raise errors.UserError(f"the model cannot take sequence_length={experiment.sequence_length}: "
+                               f"{errors.first_line(error)}") from error
     shapes = [tuple(int(d) for d in v.shape) for v in model.trainable_variables]
     parameters = model.count_params()
     trainable = sum(math.prod(shape) for shape in shapes)
@@ -122,9 +122,9 @@ def format_info(info):
 def main(argv):
     del argv
     try:
-        experiment = train.parse_config(FLAGS.gin_file, FLAGS.gin_param)
+        experiment = gin_experiment.parse_config(FLAGS.gin_file, FLAGS.gin_param)
         print(format_info(describe(experiment)), flush=True)
-    except train.UserError as error:
+    except errors.UserError as error:
         sys.exit(f"error: {error}")
 
 

@@ -28,7 +28,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from apps import command_line, sample, train  # noqa: E402
+from apps import checkpoints, command_line, errors, sample  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -107,7 +107,7 @@ def export_saved_model(model, export_dir, max_length=None):
 
 def export_trained_model(model_dir, export_dir):
     """`python -m apps.export`: the latest checkpoint of `model_dir` as OUT/saved_model and OUT/model.keras."""
-    model, experiment = sample.load_trained_model(model_dir)
+    model, experiment = checkpoints.load_trained_model(model_dir)
     os.makedirs(export_dir, exist_ok=True)
     export_saved_model(model, os.path.join(export_dir, "saved_model"), max_length=experiment.sequence_length)
     model.save(os.path.join(export_dir, "model.keras"))
@@ -117,7 +117,7 @@ def main(argv):
     del argv
     try:
         export_trained_model(FLAGS.model_dir, FLAGS.export_dir)
-    except train.UserError as error:
+    except errors.UserError as error:
         sys.exit(f"error: {error}")
     print(f"wrote {FLAGS.export_dir}/saved_model (signatures serving_default, score, generate) and "
           f"{FLAGS.export_dir}/model.keras")

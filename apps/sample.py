@@ -11,7 +11,6 @@ kernel (`common.attention.decoding` and the families' `decoding` modules).
 The same graph is the SavedModel's `generate` signature (`apps.export`).
 """
 
-import os
 import re
 import sys
 
@@ -22,7 +21,7 @@ if __name__ == "__main__":  # the command line, checked before TensorFlow loads 
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from apps import command_line, train  # noqa: E402
+from apps import checkpoints, command_line, errors  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -162,19 +161,6 @@ def incremental_logits(model, token_ids, prompt_length):
     return tf.transpose(out.stack(), [1, 0, 2])
 
 
-def load_trained_model(model_dir):
-    """Rebuilds the model from `model_dir/operative_config.gin` and restores its latest checkpoint."""
-    config = os.path.join(model_dir, "operative_config.gin")
-    if not os.path.exists(config):
-        raise train.UserError(f"{config} does not exist; train a model in {model_dir} first.")
-    experiment = train.parse_config([config], [])
-    model, _ = train.build_model(experiment)
-    checkpoint = tf.train.Checkpoint(**train.model_objects(model))
-    if train.restore(checkpoint, os.path.join(model_dir, "checkpoints")) is None:
-        raise train.UserError(f"no checkpoint in {model_dir}/checkpoints.")
-    return model, experiment
-
-
 def sample_text(model, prompt, length, max_length, temperature=1.0, top_k=0, top_p=1.0, seed=0, stop_id=-1):
     """Continues the text `prompt` (byte-level models) by `length` tokens; returns the new ids."""
     prompt_ids = list(prompt.encode("utf-8"))
@@ -189,10 +175,10 @@ def sample_text(model, prompt, length, max_length, temperature=1.0, top_k=0, top
 def main(argv):
     del argv
     try:
-        model, experiment = load_trained_model(FLAGS.model_dir)
+        model, experiment = checkpoints.load_trained_model(FLAGS.model_dir)
         new_ids = sample_text(model, FLAGS.prompt, FLAGS.length, experiment.sequence_length, FLAGS.temperature,
                               FLAGS.top_k, FLAGS.top_p, FLAGS.seed, FLAGS.stop_id)
-    except (train.UserError, ValueError) as error:
+    except (errors.UserError, ValueError) as error:
         sys.exit(f"error: {error}")
     print(FLAGS.prompt + bytes(i for i in new_ids if 0 <= i < 256).decode("utf-8", errors="replace"))
 

@@ -47,7 +47,7 @@ from PIL import Image  # noqa: E402
 
 from benchmarks.harness import RESULTS_DIR  # noqa: E402
 from combiner.attention import combiner_attention  # noqa: E402
-from apps import data, sample, train  # noqa: E402
+from apps import checkpoints, data, errors, train  # noqa: E402
 from common.attention import causal_mask, checks, dense_attention, local_attention, local_mask  # noqa: E402
 from common.layers import layer_norm  # noqa: E402
 from routing_transformer.attention import routing_attention  # noqa: E402
@@ -482,7 +482,7 @@ def main(argv=None):
                 print(f"training a tiny Routing Transformer ({args.train_steps} steps) in {model_dir}", flush=True)
                 train_tiny_routing_model(model_dir, args.train_steps,
                                          [f"Experiment.data_dir = {args.data_dir!r}"] if args.data_dir else [])
-            model, experiment = sample.load_trained_model(model_dir)
+            model, experiment = checkpoints.load_trained_model(model_dir)
         paths, centroids = draw_model_routing(model, experiment, args.output_dir, args.text_length,
                                               args.routing_layer)
         for name in variants:
@@ -491,7 +491,7 @@ def main(argv=None):
             paths.append(draw_variant(name, matrices[name], os.path.join(args.output_dir, f"{name}.png")))
         paths.append(draw_overview({name: matrices[name] for name in variants},
                                    os.path.join(args.output_dir, "overview.png")))
-    except (train.UserError, ValueError) as error:
+    except (errors.UserError, ValueError) as error:
         sys.exit(f"error: {error}")
     total = sum(os.path.getsize(p) for p in paths)
     print("\n".join(paths))

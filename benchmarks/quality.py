@@ -72,9 +72,9 @@ def train_and_score(config, jit, args):
     """Trains one (config, jit) for the budget in this process, then scores the held-out windows."""
     import tensorflow as tf
 
-    from apps import train
+    from apps import evaluation, gin_experiment, train
 
-    experiment = train.parse_config([PRESETS[config]], experiment_params(config, jit, args))
+    experiment = gin_experiment.parse_config([PRESETS[config]], experiment_params(config, jit, args))
     with tempfile.TemporaryDirectory(prefix=f"quality_{config}_") as model_dir:
         start_wall, start_cpu, machine_before = time.time(), harness.process_cpu_s(), harness.cpu_seconds()
         model = train.train(experiment, model_dir)
@@ -82,9 +82,9 @@ def train_and_score(config, jit, args):
         others = harness.others_cpu_share(machine_before, harness.cpu_seconds())
         checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
         steps = int(tf.train.load_variable(checkpoint, "step/.ATTRIBUTES/VARIABLE_VALUE"))
-        results = train.evaluate(experiment, model_dir)
+        results = evaluation.evaluate(experiment, model_dir)
         curve = training_curve(os.path.join(model_dir, "train"), start_wall)
-    text = train.evaluated_bytes(experiment)
+    text = evaluation.evaluated_bytes(experiment)
     tokens_per_step = experiment.batch_size * experiment.sequence_length
     return {"preset": PRESETS[config], "jit": experiment.jit_compile, "parameters": model.count_params(),
             "sequence_length": experiment.sequence_length, "batch_size": experiment.batch_size,

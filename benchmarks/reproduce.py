@@ -110,22 +110,23 @@ def train_run(settings, claim, arm, learning_rate, seed, data_dir=None):
 
     import tensorflow as tf
 
-    from apps import curves, train
+    from apps import curves, evaluation, gin_experiment, steps, train
 
-    experiment = train.parse_config([], experiment_params(settings, claim, arm, learning_rate, seed, data_dir))
+    experiment = gin_experiment.parse_config([], experiment_params(settings, claim, arm, learning_rate, seed, data_dir))
     with tempfile.TemporaryDirectory(prefix=f"reproduce_{claim}_{arm}_") as model_dir:
         before = harness.cpu_seconds()
         model = train.train(experiment, model_dir)
         others_share = harness.others_cpu_share(before, harness.cpu_seconds())
         train_curve = curves.curve(curves.read_scalars(os.path.join(model_dir, "train")))
-        info = train.dataset_info(experiment)
-        eval_step = train.make_eval_step(model, experiment, tf.distribute.get_strategy())
+        info = gin_experiment.dataset_info(experiment)
+        eval_step = steps.make_eval_step(model, experiment, tf.distribute.get_strategy())
         step, seconds = train_curve[-1][0], train_curve[-1][1]
-        results = train.evaluate_model(model, info, experiment, step, model_dir, train_seconds=seconds,
-                                       eval_step=eval_step)
+        results = evaluation.evaluate_model(model, info, experiment, step, model_dir, train_seconds=seconds,
+                                            eval_step=eval_step)
         eval_curve = curves.curve(curves.read_scalars(os.path.join(model_dir, "eval")))
-        validation = train.evaluate_model(model, info, dataclasses.replace(experiment, eval_split="validation"), step,
-                                          os.path.join(model_dir, "validation"), eval_step=eval_step)
+        on_validation = dataclasses.replace(experiment, eval_split="validation")
+        validation = evaluation.evaluate_model(model, info, on_validation, step,
+                                               os.path.join(model_dir, "validation"), eval_step=eval_step)
     parameters = int(sum(math.prod(v.shape) for v in model.trainable_variables))
     return {"claim": claim, "arm": arm, "learning_rate": learning_rate, "seed": seed,
             "steps": results["step"], "tokens": results["step"] * experiment.batch_size * experiment.sequence_length,
@@ -139,11 +140,11 @@ def train_run(settings, claim, arm, learning_rate, seed, data_dir=None):
 
 def held_out_text(settings, claim, data_dir=None):
     """The test-split bytes a claim's evaluation scores (its first eval_windows windows, unpadded)."""
-    from apps import train
+    from apps import evaluation, gin_experiment
 
-    experiment = train.parse_config([], experiment_params(settings, claim, next(iter(claim_specs.CLAIMS[claim].arms)),
-                                                           1e-3, 0, data_dir))
-    return train.evaluated_bytes(experiment)
+    arm = next(iter(claim_specs.CLAIMS[claim].arms))
+    experiment = gin_experiment.parse_config([], experiment_params(settings, claim, arm, 1e-3, 0, data_dir))
+    return evaluation.evaluated_bytes(experiment)
 
 
 def split_sizes(settings, data_dir=None):

@@ -21,14 +21,15 @@ RESULT_TAG = "BENCHMARK_RESULT "
 def measure(gin_file, jit, steps, warmup):
     """Times `steps` training steps after `warmup` ones in this process; returns the numbers."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from apps import train
+    from apps import gin_experiment
+    from apps.steps import make_train_step
 
-    experiment = train.parse_config([gin_file], [f"Experiment.jit_compile = {jit}"])
-    model, _ = train.build_model(experiment)
+    experiment = gin_experiment.parse_config([gin_file], [f"Experiment.jit_compile = {jit}"])
+    model, _ = gin_experiment.build_model(experiment)
     optimizer = experiment.optimizer(learning_rate=experiment.learning_rate)
     optimizer.build(model.trainable_variables)
-    step = train.make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile)
-    batches = iter(train.make_dataset(experiment, "train", training=True))
+    step = make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile)
+    batches = iter(gin_experiment.make_dataset(experiment, "train", training=True))
     for _ in range(warmup):
         step(next(batches))["loss"].numpy()
     walls, cpus = [], []

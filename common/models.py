@@ -135,7 +135,7 @@ class DecoderLM(keras.Model):
         self.embedding_dropout_layer = keras.layers.Dropout(
             embedding_dropout, seed=None if seed is None else seed + 1, dtype=self.dtype_policy)
         # A tuple, not a list: tf.train.Checkpoint does not see layers in Keras 3's tracked lists (they would
-        # only be saved by position; see apps.train.untracked_variables).
+        # only be saved by position; see apps.checkpoints.untracked_variables).
         self.blocks = tuple(
             DecoderBlock(
                 fresh_copy(layer, f"attention_{i}"),

@@ -10,17 +10,18 @@ import gin
 import pytest
 
 from benchmarks import quality
-from apps import data, train
+from apps import data, gin_experiment
 from tests.apps.train_helpers import clean_gin, corpus  # noqa: F401  (fixtures)
 
 
 def preset_experiment(config, args):
-    return train.parse_config([quality.PRESETS[config]], quality.experiment_params(config, None, args))
+    return gin_experiment.parse_config([quality.PRESETS[config]], quality.experiment_params(config, None, args))
 
 
 def test_run_is_the_preset_bounded_by_the_budget_and_scored_on_the_test_split(clean_gin):
     args = quality.parse_args(["--budget_s=42", "--eval_batches=3", "--jit=off"])
-    experiment = train.parse_config([quality.PRESETS["sparse"]], quality.experiment_params("sparse", False, args))
+    experiment = gin_experiment.parse_config([quality.PRESETS["sparse"]],
+                                             quality.experiment_params("sparse", False, args))
     assert experiment.train_seconds == 42 and experiment.eval_batches == 3 and not experiment.jit_compile
     assert experiment.eval_split == "test"
     assert experiment.train_steps == experiment.learning_rate.total_steps > 100

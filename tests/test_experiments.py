@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from apps import experiment_info, train
+from apps import experiment_info, gin_experiment, steps
 from tests.apps.data import fakes
 from tests.apps.train_helpers import REPO, assert_one_line_error, clean_gin, run_module  # noqa: F401
 
@@ -32,8 +32,8 @@ pytestmark = pytest.mark.usefixtures("clean_gin")
 FAMILIES = {"routing_transformer": "RoutingTransformerLM", "sparse_transformer": "SparseTransformerLM",
             "combiner": "CombinerLM"}
 EXPERIMENTS = sorted(
-    os.path.relpath(path, train.GIN_CONFIGS)
-    for family in FAMILIES for path in glob.glob(os.path.join(train.GIN_CONFIGS, family, "*.gin"))
+    os.path.relpath(path, gin_experiment.GIN_CONFIGS)
+    for family in FAMILIES for path in glob.glob(os.path.join(gin_experiment.GIN_CONFIGS, family, "*.gin"))
     if not os.path.basename(path).startswith("_")
     and os.path.basename(path) not in ("local_text.gin", "cpu_small.gin"))
 
@@ -67,13 +67,13 @@ def test_the_issue_experiments_exist():
 
 
 def _describe(path, params=()):
-    return experiment_info.describe(train.parse_config([path], list(params)))
+    return experiment_info.describe(gin_experiment.parse_config([path], list(params)))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXPERIMENTS)
 def test_experiment_parses_and_builds_at_full_size(path):
-    experiment = train.parse_config([path], [])
+    experiment = gin_experiment.parse_config([path], [])
     info = experiment_info.describe(experiment)
     family = path.split(os.sep)[0]
     assert info.model == FAMILIES[family]
@@ -119,7 +119,7 @@ BOUND_OPTIONS = {
 
 @pytest.mark.parametrize("path", sorted(BOUND_OPTIONS))
 def test_experiment_binds_the_original_options(path):
-    model = train.parse_config([path], []).model(vocabulary_size=256)  # not built: no weights
+    model = gin_experiment.parse_config([path], []).model(vocabulary_size=256)  # not built: no weights
     assert {key: model.get_config()[key] for key in BOUND_OPTIONS[path]} == BOUND_OPTIONS[path]
 
 
@@ -127,15 +127,15 @@ def test_deferred_count_equals_a_real_build():
     """`describe` builds without allocating; the count must be what a real build gives."""
     params = ["SparseTransformerLM.num_layers = 3", "SparseTransformerLM.hidden_dim = 64",
               "SparseTransformerLM.num_heads = 4"]
-    experiment = train.parse_config(["sparse_transformer/cifar10.gin"], params)
+    experiment = gin_experiment.parse_config(["sparse_transformer/cifar10.gin"], params)
     info = experiment_info.describe(experiment)
-    model, _ = train.build_model(experiment)
+    model, _ = gin_experiment.build_model(experiment)
     assert info.parameters == model.count_params()
     assert info.gradient_bytes == 4 * sum(math.prod(v.shape) for v in model.trainable_variables)
     assert info.optimizer_bytes == 2 * info.gradient_bytes  # AdamW: two slots per weight
     gin.clear_config()
-    averaged = experiment_info.describe(train.parse_config(["sparse_transformer/cifar10.gin"],
-                                                           params + ["AdamW.use_ema = True"]))
+    averaged = experiment_info.describe(gin_experiment.parse_config(["sparse_transformer/cifar10.gin"],
+                                                                    params + ["AdamW.use_ema = True"]))
     assert averaged.optimizer_bytes == 3 * info.gradient_bytes  # and a moving average of the weights
 
 
@@ -149,7 +149,7 @@ def test_adafactor_state_is_factored():
 
 def _shrink(path, root):
     """Gin bindings that make the experiment tiny (what a user passes as --gin_param for a local run)."""
-    experiment = train.parse_config([path], [])
+    experiment = gin_experiment.parse_config([path], [])
     image = experiment.dataset in ("cifar10", "downsampled_imagenet/64x64")
     length = experiment.sequence_length if image else TEXT_LENGTH
     params = [f"Experiment.sequence_length = {length}", "Experiment.batch_size = 1", "TRAIN_STEPS = 2",
@@ -199,13 +199,13 @@ def data_root(tmp_path_factory):
 def test_shrunk_experiment_trains_two_steps(path, data_root):
     """The trainer's own pieces (model, optimizer, schedule, data, jit-able step) for two steps. Not
     `train.train`: it checkpoints the tf.data iterator, which mock_data's py_function sources cannot save."""
-    experiment = train.parse_config([path], _shrink(path, data_root))
+    experiment = gin_experiment.parse_config([path], _shrink(path, data_root))
     assert experiment.train_steps == 2 and experiment.batch_size == 1
     with tfds.testing.mock_data(num_examples=4):
-        model, _ = train.build_model(experiment)
+        model, _ = gin_experiment.build_model(experiment)
         optimizer = experiment.optimizer(learning_rate=experiment.learning_rate)
-        batches = iter(train.make_dataset(experiment, "train", training=True))
-        step = train.make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile)
+        batches = iter(gin_experiment.make_dataset(experiment, "train", training=True))
+        step = steps.make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile)
         before = [np.array(v) for v in model.trainable_variables]
         losses = [float(step(next(batches))["loss"]) for _ in range(experiment.train_steps)]
     assert model.num_layers == 2 and model.hidden_dim == 32

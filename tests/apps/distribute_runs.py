@@ -85,12 +85,12 @@ def mirrored(spec):
     `kmeans_update`.
     """
     two_cpu_devices()
-    from apps import distribute, train
+    from apps import distribute, errors, gin_experiment, train
 
     strategy = distribute.make_strategy("mirrored")
     params = spec["params"]
     train.run([], params + ["Experiment.train_steps = 3"], spec["single_dir"], "train")
-    model = train.train(train.parse_config([], params + ["Experiment.train_steps = 2"]), spec["mirrored_dir"],
+    model = train.train(gin_experiment.parse_config([], params + ["Experiment.train_steps = 2"]), spec["mirrored_dir"],
                         strategy)
     result = {"replicas": strategy.num_replicas_in_sync, "replica_gaps": replica_gaps(model.variables)}
     train.run([], params + ["Experiment.train_steps = 3"], spec["mirrored_dir"], "train")
@@ -99,7 +99,7 @@ def mirrored(spec):
                                            "eval", strategy=name)
     try:
         train.run([], params + ["Experiment.batch_size = 3"], spec["odd_dir"], "train", strategy="mirrored")
-    except train.UserError as error:
+    except errors.UserError as error:
         result["odd_batch_error"] = str(error)
     result["kmeans"] = kmeans_update(strategy)
     return result

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apps import checkpoints, sample, train
+from apps import checkpoints, train
 from tests.apps.train_helpers import (  # noqa: F401  (fixtures)
     REPO, assert_one_line_error, assert_same_arrays, checkpoint_values, clean_gin, corpus, file_digests,
     gin_param_args, read_scalars, run_module, tiny_params, train_in_process, trained)
@@ -79,7 +79,7 @@ def test_sample_falls_back_to_the_newest_readable_checkpoint(trained, tmp_path, 
     model_dir, directory = copy_of(trained, tmp_path)
     values = {step: checkpoint_values(os.path.join(directory, f"ckpt-{step}")) for step in (2, 4)}
     flip_bytes(data_file(directory, 4))
-    model, _ = sample.load_trained_model(model_dir)
+    model, _ = checkpoints.load_trained_model(model_dir)
     assert "ckpt-4" in capsys.readouterr().out
     moved = [name for name in values[2] if name.startswith("model/")
              and not np.array_equal(values[2][name], values[4][name])]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apps import train
+from apps import checkpoints
 from common.layers import SelfAttention
 from common.models import DecoderLM
 from routing_transformer import RoutingTransformerLM
@@ -30,7 +30,7 @@ def routing_lm_without_dropout():
 
 
 def save(model, path):
-    return tf.train.Checkpoint(**train.model_objects(model)).save(path)
+    return tf.train.Checkpoint(**checkpoints.model_objects(model)).save(path)
 
 
 @pytest.mark.parametrize("make_model", [decoder_lm, routing_lm, routing_lm_without_dropout])
@@ -44,7 +44,7 @@ def test_checkpoint_restores_every_variable(make_model, tmp_path):
 
     restored = make_model()
     restored(ids)
-    tf.train.Checkpoint(**train.model_objects(restored)).restore(path).assert_existing_objects_matched()
+    tf.train.Checkpoint(**checkpoints.model_objects(restored)).restore(path).assert_existing_objects_matched()
     for original, loaded in zip(model.variables, restored.variables):
         np.testing.assert_array_equal(np.asarray(loaded), np.asarray(original), err_msg=original.path)
     np.testing.assert_array_equal(np.asarray(restored(ids)), np.asarray(model(ids)))
@@ -65,10 +65,10 @@ class ListHolder(keras.Model):
 def test_variables_in_lists_are_saved_too(tmp_path):
     model = ListHolder()
     model(tf.zeros([1, 1]))
-    assert [v.path for v in train.untracked_variables(model)] == [model.hidden[0].path]
+    assert [v.path for v in checkpoints.untracked_variables(model)] == [model.hidden[0].path]
     model.hidden[0].assign([1.0, 2.0, 3.0])
     path = save(model, str(tmp_path / "ckpt"))
     restored = ListHolder()
     restored(tf.zeros([1, 1]))
-    tf.train.Checkpoint(**train.model_objects(restored)).restore(path)
+    tf.train.Checkpoint(**checkpoints.model_objects(restored)).restore(path)
     np.testing.assert_array_equal(np.asarray(restored.hidden[0]), [1.0, 2.0, 3.0])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apps import distribute, train
+from apps import distribute, errors, steps, train
 from routing_transformer import RoutingTransformerLM
 from tests.apps.distribute_runs import RESULT_TAG
 from tests.apps.train_helpers import (  # noqa: F401  (fixtures)
@@ -185,7 +185,7 @@ def test_model_call_collects_its_losses_and_writes_its_state_updates():
     ids = np.random.default_rng(0).integers(0, 16, (2, 16)).astype(np.int32)
     model(ids)
     centroids = np.array(model.blocks[1].attention.kmeans.centroids)
-    _, losses = train.call_model(model, ids, training=True)
+    _, losses = steps.call_model(model, ids, training=True)
     assert len(losses) == 1  # the routing layer's commitment loss
     assert not np.allclose(np.asarray(model.blocks[1].attention.kmeans.centroids), centroids)
 
@@ -205,7 +205,7 @@ def test_model_call_refuses_updates_it_would_lose():
     model = _Counter()
     model(np.zeros((1, 2), np.float32))
     with pytest.raises(ValueError, match="assigned variables outside its non_trainable_variables"):
-        train.call_model(model, np.zeros((1, 2), np.float32), training=True)
+        steps.call_model(model, np.zeros((1, 2), np.float32), training=True)
 
 
 # --- bad input ----------------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def test_good_tf_config_passes():
 
 
 def test_unknown_strategy_is_a_user_error(corpus, tmp_path):
-    with pytest.raises(train.UserError, match=r"unknown strategy 'nccl'; choose one of"):
+    with pytest.raises(errors.UserError, match=r"unknown strategy 'nccl'; choose one of"):
         train.run([], tiny_params(corpus), str(tmp_path / "m"), "train", strategy="nccl")
 
 

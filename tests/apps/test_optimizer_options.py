@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apps import train
+from apps import errors, gin_experiment, train
 from tests.apps.train_helpers import (  # noqa: F401  (fixtures)
     assert_same_arrays, checkpoint_values, clean_gin, corpus, tiny_params, train_in_process)
 
@@ -25,9 +25,9 @@ def averaging(momentum):
 def test_weight_decay_on_matrices_only_leaves_vectors_alone(corpus, matrices_only):
     params = tiny_params(corpus, optimizer="@keras.optimizers.AdamW", learning_rate=1.0,
                          decay_matrices_only=matrices_only) + ["AdamW.weight_decay = 0.5"]
-    experiment = train.parse_config([], params)
-    model, _ = train.build_model(experiment)
-    optimizer = train.make_optimizer(experiment, model)
+    experiment = gin_experiment.parse_config([], params)
+    model, _ = gin_experiment.build_model(experiment)
+    optimizer = gin_experiment.make_optimizer(experiment, model)
     before = [v.numpy() for v in model.trainable_variables]
     # Zero gradients: Adam's step is zero, so what changes is the decoupled decay, w <- w * (1 - lr * 0.5).
     optimizer.apply([tf.zeros_like(v) for v in model.trainable_variables], model.trainable_variables)
@@ -39,7 +39,7 @@ def test_weight_decay_on_matrices_only_leaves_vectors_alone(corpus, matrices_onl
 
 
 def test_eval_ema_needs_an_optimizer_that_keeps_the_average(corpus, trained_dir):
-    with pytest.raises(train.UserError, match="use_ema = True"):
+    with pytest.raises(errors.UserError, match="use_ema = True"):
         train.run([], tiny_params(corpus, eval_ema=True), trained_dir, "eval")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apps import sample
+from apps import checkpoints, sample
 from common.layers import SelfAttention
 from common.models import DecoderLM
 from tests.apps.train_helpers import (  # noqa: F401  (fixtures)
@@ -192,7 +192,7 @@ def test_bad_requests_name_the_problem(model, prompt, arguments, message):
 
 def test_load_trained_model_restores_the_trained_variables(trained):
     model_dir, trained_model, _ = trained
-    loaded, experiment = sample.load_trained_model(model_dir)
+    loaded, experiment = checkpoints.load_trained_model(model_dir)
     assert experiment.sequence_length == 32 and loaded.num_layers == 2 and loaded.hidden_dim == 32
     assert_same_arrays(variables_by_position(trained_model), variables_by_position(loaded), atol=0.0,
                        what="load_trained_model vs the model training ended with")
@@ -201,9 +201,9 @@ def test_load_trained_model_restores_the_trained_variables(trained):
 def test_load_trained_model_without_a_checkpoint_is_a_user_error(trained, tmp_path):
     shutil.copy(os.path.join(trained[0], "operative_config.gin"), tmp_path / "operative_config.gin")
     with pytest.raises(sample.train.UserError, match="no checkpoint"):
-        sample.load_trained_model(str(tmp_path))
+        checkpoints.load_trained_model(str(tmp_path))
     with pytest.raises(sample.train.UserError, match="operative_config.gin"):
-        sample.load_trained_model(str(tmp_path / "nothing_here"))
+        checkpoints.load_trained_model(str(tmp_path / "nothing_here"))
 
 
 def test_cli_prints_the_prompt_and_its_continuation(trained):

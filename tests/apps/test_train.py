@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apps import data, train
+from apps import data, errors, evaluation, gin_experiment, steps, train
 from common.schedules import WarmupCosine
 from tests.apps.train_helpers import (  # noqa: F401  (fixtures)
     assert_one_line_error, assert_same_arrays, checkpoint_values, clean_gin, corpus, file_digests,
@@ -152,8 +152,8 @@ def test_eval_scores_the_trained_weights(trained, corpus):
     model_dir, model, experiment = trained
     results = train.run([], tiny_params(corpus), model_dir, "eval")
     total_nats = tokens = 0.0
-    for batch in train.make_dataset(experiment, "validation", training=False):
-        _, metrics = train.loss_and_metrics(model, batch, training=False)
+    for batch in gin_experiment.make_dataset(experiment, "validation", training=False):
+        _, metrics = steps.loss_and_metrics(model, batch, training=False)
         total_nats += float(metrics["total_nats"])
         tokens += float(metrics["tokens"])
     assert results["tokens"] == tokens
@@ -164,9 +164,9 @@ def test_eval_on_a_few_batches_reports_only_per_token_metrics(trained, corpus, c
     model_dir, _, experiment = trained
     results = train.run([], tiny_params(corpus, eval_batches=1), model_dir, "eval")
     assert "eval 1/1 batches" in capsys.readouterr().out  # progress, as training shows it
-    first = next(iter(train.make_dataset(experiment, "validation", training=False)))
+    first = next(iter(gin_experiment.make_dataset(experiment, "validation", training=False)))
     assert results["tokens"] == float(np.sum(first["weights"]))
-    scored = train.evaluated_bytes(train.parse_config([], tiny_params(corpus, eval_batches=1)))
+    scored = evaluation.evaluated_bytes(gin_experiment.parse_config([], tiny_params(corpus, eval_batches=1)))
     weights = first["weights"].numpy() > 0
     assert len(scored) == results["tokens"] and scored == bytes(first["token_ids"].numpy()[weights].tolist())
     assert "bits_per_byte" not in results  # needs the whole split
@@ -175,43 +175,12 @@ def test_eval_on_a_few_batches_reports_only_per_token_metrics(trained, corpus, c
 
 def test_eval_without_a_checkpoint_is_a_user_error(corpus, tmp_path):
     model_dir = str(tmp_path / "empty")
-    with pytest.raises(train.UserError, match="no checkpoint"):
+    with pytest.raises(errors.UserError, match="no checkpoint"):
         train.run([], tiny_params(corpus), model_dir, "eval")
     assert not os.path.exists(os.path.join(model_dir, "eval_results.json"))
 
 
-# --- gin configs --------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("gin_file, layers, routing", [("quickstart.gin", 4, "causal"),
-                                                       ("routing_transformer/local_text.gin", 4, "balanced")])
-def test_shipped_gin_configs_parse(gin_file, layers, routing):
-    experiment = train.parse_config([gin_file], ["Experiment.train_steps = 7"])
-    assert experiment.dataset == "local_text" and experiment.train_steps == 7
-    model = experiment.model(vocabulary_size=256)
-    assert model.num_layers == layers and model.preset["routing"] == routing
-    assert model.preset["routing_heads"] > 0
-
-
-def test_parse_config_needs_a_model():
-    with pytest.raises(train.UserError, match="no model configured"):
-        train.parse_config([], ["Experiment.train_steps = 3"])
-
-
 # --- bad input on the command line --------------------------------------------------------------------------
-
-@pytest.mark.parametrize("binding, named", [
-    ("Experiment.train_steps = -5", "Experiment.train_steps = -5"),
-    ("Experiment.train_steps = 'abc'", "Experiment.train_steps = 'abc'"),
-    ("Experiment.batch_size = 0", "Experiment.batch_size = 0"),
-    ("Experiment.clip_norm = -1.0", "Experiment.clip_norm = -1.0"),
-    ("Experiment.eval_every = 2.5", "Experiment.eval_every = 2.5"),
-    ("Experiment.learning_rate = 'fast'", "Experiment.learning_rate = 'fast'"),
-])
-def test_bad_experiment_values_are_refused_naming_the_field(binding, named):
-    with pytest.raises(train.UserError, match="expected") as error:
-        train.parse_config(["quickstart.gin"], [binding])
-    assert named in str(error.value) and "\n" not in str(error.value)
-
 
 def test_a_macro_of_the_wrong_type_is_refused_naming_the_field(tmp_path):
     result = run_module("apps.train", "--gin_file=quickstart.gin", "--gin_param=TRAIN_STEPS = 'abc'",
@@ -307,13 +276,13 @@ def test_eval_every_evaluates_during_training(corpus, clean_gin, tmp_path):
 
 def test_in_loop_evaluations_share_one_compiled_step_that_reads_the_current_weights(corpus, clean_gin, tmp_path,
                                                                                       monkeypatch):
-    made, make = [], train.make_eval_step
+    made, make = [], steps.make_eval_step
 
     def counted(*args):
         made.append(make(*args))
         return made[-1]
 
-    monkeypatch.setattr(train, "make_eval_step", counted)
+    monkeypatch.setattr(steps, "make_eval_step", counted)
     params = tiny_params(corpus, train_steps=4, checkpoint_every=4, eval_every=1, eval_batches=1)
     train_in_process(params, str(tmp_path))
     bits = read_scalars(str(tmp_path / "eval"))["bits_per_token"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apps import console, curves, train
+from apps import console, curves, gin_experiment, train
 from tests.apps.data import fakes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,7 +51,7 @@ def _gin_value(value):
 
 def train_in_process(params, model_dir):
     """What `run(..., mode='train')` does, returning the trained in-memory model."""
-    experiment = train.parse_config([], params)
+    experiment = gin_experiment.parse_config([], params)
     os.makedirs(model_dir, exist_ok=True)
     return train.train(experiment, str(model_dir)), experiment
 

@@ -8,7 +8,7 @@ import pytest
 import keras
 
 from combiner import CombinerAttention, CombinerLM
-from apps import train
+from apps import gin_experiment
 from common.metrics import LanguageModelLoss
 from tests.layer_checks import check_keras_round_trip
 
@@ -118,7 +118,7 @@ def test_qk_ratio_model_is_causal_and_round_trips(variant):
 
 
 def test_shipped_gin_config_parses():
-    experiment = train.parse_config(["combiner/local_text.gin"], ["Experiment.train_steps = 7"])
+    experiment = gin_experiment.parse_config(["combiner/local_text.gin"], ["Experiment.train_steps = 7"])
     assert experiment.dataset == "local_text" and experiment.train_steps == 7
     model = experiment.model(vocabulary_size=256)
     assert isinstance(model, CombinerLM) and model.num_layers == 4

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from apps import sample, train
+from apps import sample, steps
 from common.layers import SelfAttention
 from common.metrics import BitsPerToken, LanguageModelLoss
 from common.models import DecoderLM
@@ -352,7 +352,7 @@ def test_target_dropout_feeds_dropped_ids_and_the_loss_scores_the_original_targe
     assert 0 < (dropped == 0).sum() < ids.size
     model.target_dropout_seed.state.assign(state)  # the step below draws the same mask
     batch = {"token_ids": tf.constant(ids), "weights": tf.ones(ids.shape)}
-    loss, metrics = train.loss_and_metrics(model, batch, training=True)
+    loss, metrics = steps.loss_and_metrics(model, batch, training=True)
     logits = _logits(model, dropped)
     assert not np.allclose(logits, inference, atol=1e-4)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from apps import train
+from apps import gin_experiment, train
 from sparse_transformer import SparseAttention, SparseTransformerLM
 from tests.apps.train_helpers import clean_gin, corpus, train_in_process  # noqa: F401  (fixtures)
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def test_shipped_gin_config_parses():
-    experiment = train.parse_config(["sparse_transformer/local_text.gin"], ["Experiment.train_steps = 7"])
+    experiment = gin_experiment.parse_config(["sparse_transformer/local_text.gin"], ["Experiment.train_steps = 7"])
     assert experiment.dataset == "local_text" and experiment.train_steps == 7
     model = experiment.model(vocabulary_size=256)
     assert isinstance(model, SparseTransformerLM) and model.num_layers == 4
