@@ -17,13 +17,14 @@ whatever the prefix; the only per-step state that is not per position is [batch,
 
 routing="balanced" (the original: each cluster holds the `window` tokens of 0 .. position nearest its
 centroid). Membership depends on the whole prefix, so, as the original re-clusters the whole cached sequence at
-every step, a step reads the cached scores of every position against the centroids (centroids do not move at
-inference), takes each cluster's top `window`, and attends the new token, in every cluster it belongs to, to
-that cluster's members (ranks and relative distances as in the full kernel), averaging over those clusters;
-a token in no cluster gets zeros. The cache keeps every position's normalised key, value and scores (the
-query scores too without `share_qk`). Cost per token: O(position x clusters) to read the scores and pick the
-members, which membership over the whole prefix needs, plus O(m x window x dim) attention for the m clusters
-holding the new token; never a position x position tensor.
+every step (its future positions blanked), a step reads the cached scores of every slot against the centroids
+(centroids do not move at inference), blanks the slots after `position`, takes each cluster's top `window`,
+and attends the new token, in every cluster it belongs to, to that cluster's members (ranks and relative
+distances as in the full kernel), averaging over those clusters; a token in no cluster gets zeros. The cache
+keeps every position's normalised key, value and scores (the query scores too without `share_qk`). Cost per
+token: O(cache_length x clusters) to read the scores and pick the members, which membership over the whole
+prefix needs, plus O(clusters x window x dim) attention; never a position x position tensor. Every shape is
+fixed by the cache, so a step compiles (XLA, jax.jit).
 
 What balanced decoding equals. At `position` the step returns the full kernel's row `position` over positions
 0 .. position given the cached keys, values and scores. For the first layer with balanced routing those are
@@ -44,43 +45,20 @@ cluster's boundary can go either way, in the full kernel on different lengths as
 balanced layer on ids drawn from 6 values, 0 to 3 of 78 decoded rows off by up to 0.14; none with distinct ids
 or behind a local layer, where no two vectors are equal).
 
-Caches. Positions differ per (batch, head) row in routing, so routed entries are kept in TensorArrays with one
-slot per (position, row), slot = position x rows + row; a step gathers exactly the entries it reads.
-`common.kv_cache`'s slots hold every row at one position, and gathering the union of the rows' positions there
-would cost (batch x heads)^2 x window entries. The scores, read at every position for every row, use
-`common.kv_cache`. TensorFlow-only (TensorArray caches): the package registers this module by name and it is
-imported on the first routing decode.
+Caches. Positions differ per (batch, head) row in routing, so routed entries are kept in per-row caches
+(`common.kv_cache.rows_from_prompt`), from which a step gathers exactly the entries it reads; a cache of whole
+positions would make it gather the union of the rows' positions, (batch x heads)^2 x window entries. The
+scores, read at every position for every row, are a cache of whole positions. Written in `keras.ops`: it
+decodes under any Keras backend.
 """
 
-import tensorflow as tf
+import keras
+from keras import ops
 
 from common import kv_cache
 from common.attention.decoding import attend_gathered, register_decoder, require_causal
 from common.layers import layer_norm
 from routing_transformer.routing_scores import cluster_scores, num_routing_clusters
-
-
-def _rows_from_prompt(x, cache_length):
-    """A per-row cache of `cache_length` positions holding x [batch, heads, n, dim] at positions 0 .. n - 1."""
-    rows = tf.shape(x)[0] * tf.shape(x)[1]
-    cache = tf.TensorArray(x.dtype, size=cache_length * rows, element_shape=tf.TensorShape(x.shape[3:]),
-                           clear_after_read=False)
-    flat = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [-1, x.shape[3]])
-    return cache.scatter(tf.range(tf.shape(flat)[0]), flat)
-
-
-def _write_rows(cache, position, x):
-    """Stores x [batch, heads, dim], every row's entry at `position`."""
-    flat = tf.reshape(x, [-1, x.shape[-1]])
-    rows = tf.shape(flat)[0]
-    return cache.scatter(position * rows + tf.range(rows), flat)
-
-
-def _read_rows(cache, positions, rows, num_rows):
-    """The entries at positions [..., k] (all written) of rows [...]: [..., k, dim]."""
-    index = positions * num_rows + rows[..., None]
-    entries = cache.gather(tf.reshape(index, [-1]))
-    return tf.reshape(entries, tf.concat([tf.shape(index), [cache.element_shape[-1]]], axis=0))
 
 
 def _check(routing, share_qk, causal):
@@ -91,33 +69,43 @@ def _check(routing, share_qk, causal):
         raise ValueError("routing='causal' needs share_qk=True (queries and keys share one cluster order).")
 
 
-def start(x, q, k, v, cache_length, *, window, routing, share_qk, centroids=None, hash_projection=None, causal=True,
-          require_coverage=False, **unused_options):
+def _check_coverage(cache_length, clusters, window):
+    """clusters x window must cover the decoding length, as the full kernel requires. A length known only when
+    a TensorFlow graph runs is checked then (InvalidArgumentError)."""
+    message = (f"clusters x window = {clusters} x {window} does not cover the decoding length; raise "
+               f"num_clusters or window")
+    if keras.backend.backend() == "tensorflow" and not isinstance(cache_length, int):
+        import tensorflow as tf
+
+        tf.debugging.assert_less_equal(tf.cast(cache_length, tf.int32), clusters * window, message=message)
+    elif int(cache_length) > clusters * window:
+        raise ValueError(f"{message} ({int(cache_length)}).")
+
+
+def start(x, q, k, v, cache_length, *, window, routing="balanced", share_qk=True, centroids=None,
+          hash_projection=None, causal=True, require_coverage=False, **unused_options):
     """The routing heads' cache of a prompt: q, k (None with share_qk) and v [batch, heads, n, dim].
 
     With `require_coverage`, decoding up to `cache_length` must keep clusters x window >= the length, as the full
-    kernel requires (InvalidArgumentError otherwise).
+    kernel requires.
     """
     _check(routing, share_qk, causal)
     clusters = num_routing_clusters(centroids, hash_projection)
     if require_coverage:
-        tf.debugging.assert_less_equal(
-            tf.cast(cache_length, tf.int32), clusters * window,
-            message=f"clusters x window = {clusters} x {window} does not cover the decoding length; raise "
-                    f"num_clusters or window")
+        _check_coverage(cache_length, clusters, window)
     queries = layer_norm(q)
     keys = queries if share_qk else layer_norm(k)
-    cache = {"keys": _rows_from_prompt(keys, cache_length), "values": _rows_from_prompt(v, cache_length)}
+    cache = {"keys": kv_cache.rows_from_prompt(keys, cache_length),
+             "values": kv_cache.rows_from_prompt(v, cache_length)}
     query_scores = cluster_scores(queries, centroids, hash_projection)
     if routing == "causal":
-        assignment = tf.argmax(query_scores, axis=2, output_type=tf.int32)
+        assignment = ops.argmax(query_scores, axis=2)
         cache.update(_prompt_windows(assignment, clusters, window, cache_length))
         return cache
-    cache["key_scores"] = kv_cache.from_prompt(
-        tf.transpose(query_scores if share_qk else cluster_scores(keys, centroids, hash_projection), [0, 1, 3, 2]),
-        cache_length)
+    key_scores = query_scores if share_qk else cluster_scores(keys, centroids, hash_projection)
+    cache["key_scores"] = kv_cache.from_prompt(ops.transpose(key_scores, (0, 1, 3, 2)), cache_length)
     if not share_qk:
-        cache["query_scores"] = kv_cache.from_prompt(tf.transpose(query_scores, [0, 1, 3, 2]), cache_length)
+        cache["query_scores"] = kv_cache.from_prompt(ops.transpose(query_scores, (0, 1, 3, 2)), cache_length)
     return cache
 
 
@@ -128,40 +116,47 @@ def _prompt_windows(assignment, clusters, window, cache_length):
     as the full kernel sorts, a position's window is the `window` sorted slots ending at its own, restricted to
     its cluster.
     """
-    length = tf.shape(assignment)[2]
-    positions = tf.range(length)
-    order = tf.argsort(assignment * length + positions, axis=-1)
-    sorted_clusters = tf.gather(assignment, order, batch_dims=2)
-    slots = positions[:, None] - (window - 1) + tf.range(window)[None, :]
-    index = tf.broadcast_to(tf.maximum(slots, 0), tf.concat([tf.shape(order), [window]], axis=0))
-    same = tf.logical_and(slots >= 0, tf.gather(sorted_clusters, index, batch_dims=2) == sorted_clusters[..., None])
-    sorted_windows = tf.where(same, tf.gather(order, index, batch_dims=2), -1)
-    windows = tf.gather(sorted_windows, tf.argsort(order, axis=-1), batch_dims=2)
-    latest = tf.reduce_max(tf.where(assignment[..., None] == tf.range(clusters), positions[:, None], -1), axis=2)
-    return {"windows": _rows_from_prompt(windows, cache_length), "latest": latest}
+    batch, heads, length = ops.shape(assignment)
+    positions = ops.arange(length, dtype="int32")
+    order = ops.argsort(assignment * length + positions, axis=-1)
+    sorted_clusters = ops.take_along_axis(assignment, order, axis=2)
+    slots = positions[:, None] - (window - 1) + ops.arange(window, dtype="int32")[None, :]  # [n, window]
+
+    def at_slots(x):
+        """x [batch, heads, n] at the slots of every position: [batch, heads, n, window]."""
+        index = ops.reshape(ops.broadcast_to(ops.maximum(slots, 0), (batch, heads, length, window)),
+                            (batch, heads, -1))
+        return ops.reshape(ops.take_along_axis(x, index, axis=2), (batch, heads, length, window))
+
+    same = ops.logical_and(slots >= 0, at_slots(sorted_clusters) == sorted_clusters[..., None])
+    sorted_windows = ops.where(same, at_slots(order), -1)
+    inverse = ops.broadcast_to(ops.argsort(order, axis=-1)[..., None], (batch, heads, length, window))
+    windows = ops.take_along_axis(sorted_windows, inverse, axis=2)
+    member = assignment[..., None] == ops.arange(clusters, dtype="int32")
+    latest = ops.max(ops.where(member, positions[:, None], -1), axis=2)
+    return {"windows": kv_cache.rows_from_prompt(windows, cache_length), "latest": latest}
 
 
-def step(x, q, k, v, cache, position, *, window, routing, share_qk, centroids=None, hash_projection=None, causal=True,
-         scale=1.0, relative_keys=None, relative_values=None, **unused_options):
+def step(x, q, k, v, cache, position, *, window, routing="balanced", share_qk=True, centroids=None,
+         hash_projection=None, causal=True, scale=1.0, relative_keys=None, relative_values=None, **unused_options):
     """The routing heads at `position`: q, k (None with share_qk), v [batch, heads, 1, dim] of the new token.
 
     Returns (out [batch, heads, 1, value_dim], cache); see the module docstring for what it equals and costs.
     """
     _check(routing, share_qk, causal)
-    batch, heads = tf.shape(q)[0], tf.shape(q)[1]
-    num_rows = batch * heads
-    rows = tf.reshape(tf.range(num_rows), [batch, heads])
+    heads = q.shape[1]
+    num_rows = ops.shape(q)[0] * heads
+    rows = ops.reshape(ops.arange(num_rows, dtype="int32"), (-1, heads))
     queries = layer_norm(q)
     keys = queries if share_qk else layer_norm(k)
-    cache = dict(cache, keys=_write_rows(cache["keys"], position, keys[:, :, 0]),
-                 values=_write_rows(cache["values"], position, v[:, :, 0]))
+    cache = dict(cache, keys=kv_cache.write_rows(cache["keys"], position, keys[:, :, 0]),
+                 values=kv_cache.write_rows(cache["values"], position, v[:, :, 0]))
     query_scores = cluster_scores(queries, centroids, hash_projection)[..., 0]
     options = dict(scale=scale, relative_keys=relative_keys, relative_values=relative_values)
     if routing == "causal":
         return _causal_step(queries, query_scores, cache, position, rows, num_rows, window, options)
-    cache["key_scores"] = kv_cache.write(cache["key_scores"], position,
-                                         (query_scores if share_qk else
-                                          cluster_scores(keys, centroids, hash_projection)[..., 0])[:, :, None])
+    key_scores = query_scores if share_qk else cluster_scores(keys, centroids, hash_projection)[..., 0]
+    cache["key_scores"] = kv_cache.write(cache["key_scores"], position, key_scores[:, :, None])
     if not share_qk:
         cache["query_scores"] = kv_cache.write(cache["query_scores"], position, query_scores[:, :, None])
     return _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, options)
@@ -169,49 +164,66 @@ def step(x, q, k, v, cache, position, *, window, routing, share_qk, centroids=No
 
 def _causal_step(queries, scores, cache, position, rows, num_rows, window, options):
     """The new token joins its nearest cluster and attends to that cluster's latest `window` members."""
-    cluster = tf.argmax(scores, axis=2, output_type=tf.int32)
+    cluster = ops.argmax(scores, axis=2)
     latest = cache["latest"]
-    previous = tf.gather(latest, cluster[..., None], batch_dims=2)[..., 0]
-    earlier = _read_rows(cache["windows"], tf.maximum(previous, 0)[..., None], rows, num_rows)[..., 0, :]
-    earlier = tf.where(previous[..., None] >= 0, earlier, -1)
-    members = tf.concat([earlier[..., 1:], tf.broadcast_to(position, tf.shape(earlier[..., :1]))], axis=-1)
-    cache = dict(cache, windows=_write_rows(cache["windows"], position, members),
-                 latest=tf.where(tf.range(latest.shape[-1]) == cluster[..., None], position, latest))
-    safe = tf.maximum(members, 0)
-    keys = _read_rows(cache["keys"], safe, rows, num_rows)
-    values = _read_rows(cache["values"], safe, rows, num_rows)
-    out = attend_gathered(queries, keys, values, tf.range(window) - (window - 1), 0, keep=members >= 0, **options)
+    previous = ops.take_along_axis(latest, cluster[..., None], axis=2)[..., 0]
+    earlier = kv_cache.read_rows(cache["windows"], ops.maximum(previous, 0)[..., None], rows, num_rows)
+    earlier = earlier[..., 0, :]
+    earlier = ops.where(previous[..., None] >= 0, earlier, -1)
+    newest = ops.broadcast_to(ops.cast(position, earlier.dtype), ops.shape(earlier[..., :1]))
+    members = ops.concatenate([earlier[..., 1:], newest], axis=-1)
+    is_cluster = ops.arange(latest.shape[-1], dtype="int32") == cluster[..., None]
+    cache = dict(cache, windows=kv_cache.write_rows(cache["windows"], position, members),
+                 latest=ops.where(is_cluster, ops.cast(position, latest.dtype), latest))
+    safe = ops.maximum(members, 0)
+    keys = kv_cache.read_rows(cache["keys"], safe, rows, num_rows)
+    values = kv_cache.read_rows(cache["values"], safe, rows, num_rows)
+    out = attend_gathered(queries, keys, values, ops.arange(window, dtype="int32") - (window - 1), 0,
+                          keep=members >= 0, **options)
     return out, cache
 
 
 def _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, options):
-    """Top-`window` membership over the cached scores of 0 .. position; the new token attends inside every
-    cluster it is a query member of, to that cluster's key members, and the results are averaged."""
-    prefix = tf.range(position + 1)
-    size = tf.minimum(window, position + 1)  # A shorter prefix: every cluster holds every token.
+    """Top-`window` membership over the cached scores of 0 .. position (later slots blanked); the new token
+    attends inside every cluster it is a query member of, to that cluster's key members, and the results are
+    averaged."""
 
     def members(name):
-        """Sorted positions of every cluster's members [batch, heads, clusters, size]."""
-        scores = tf.transpose(kv_cache.read(cache[name], prefix), [0, 1, 3, 2])
-        return tf.sort(tf.math.top_k(scores, size, sorted=False).indices, axis=-1)
+        """Every cluster's `window` top slots, sorted [batch, heads, clusters, window]: the members (slots
+        0 .. position), then blanked slots, which only a prefix shorter than `window` reaches (every cluster
+        then holds every token). `window` blank columns keep top_k defined on a shorter cache."""
+        scores = ops.transpose(kv_cache.read_all(cache[name]), (0, 1, 3, 2))
+        later = ops.arange(ops.shape(scores)[-1], dtype="int32") > position
+        blank = ops.full_like(scores[..., :1], float("-inf"))
+        scores = ops.concatenate([ops.where(later, blank, scores), ops.repeat(blank, window, axis=-1)], axis=-1)
+        return ops.sort(ops.top_k(scores, window, sorted=False)[1], axis=-1)
 
     key_members = members("key_scores")
     query_members = key_members if share_qk else members("query_scores")
     # The new token is the latest position: when it is a query member, its rank is the number of members
     # before it, and every key member is at or before it (so causality masks nothing).
-    chosen = tf.where(tf.reduce_any(query_members == position, axis=-1))
-    rank = tf.gather_nd(tf.reduce_sum(tf.cast(query_members < position, tf.int32), axis=-1), chosen)
-    row = tf.gather_nd(rows, chosen[:, :2])
-    mates = tf.gather_nd(key_members, chosen)
-    keys = _read_rows(cache["keys"], mates, row, num_rows)[:, None]
-    values = _read_rows(cache["values"], mates, row, num_rows)[:, None]
-    query = tf.gather(tf.reshape(queries, [num_rows, queries.shape[-1]]), row)[:, None, None]
-    out = attend_gathered(query, keys, values, tf.range(size)[None, None, :] - rank[:, None, None], 0,
-                          **options)[:, 0, 0]
-    total = tf.math.unsorted_segment_sum(out, row, num_rows)
-    count = tf.math.unsorted_segment_sum(tf.ones_like(row, out.dtype), row, num_rows)
-    out = total / tf.maximum(count, 1)[:, None]
-    return tf.reshape(out, [tf.shape(queries)[0], tf.shape(queries)[1], 1, out.shape[-1]]), cache
+    in_cluster = ops.any(query_members == position, axis=-1)  # [batch, heads, clusters]
+    rank = ops.sum(ops.cast(query_members < position, "int32"), axis=-1)
+    kept = key_members <= position
+    safe = ops.where(kept, key_members, 0)
+    heads, clusters = key_members.shape[1], key_members.shape[2]
+    # [batch, heads, clusters, window, dim]
+    keys = kv_cache.read_rows(cache["keys"], safe, rows[..., None], num_rows)
+    values = kv_cache.read_rows(cache["values"], safe, rows[..., None], num_rows)
+
+    def per_cluster(x):
+        """[batch, heads, clusters, ...] as [batch, heads x clusters, ...], attend_gathered's heads."""
+        return ops.reshape(x, (-1, heads * clusters) + tuple(x.shape[3:]))
+
+    query = ops.repeat(queries, clusters, axis=1)  # [batch, heads x clusters, 1, dim]
+    distances = ops.arange(window, dtype="int32") - rank[..., None]
+    out = attend_gathered(query, per_cluster(keys), per_cluster(values), per_cluster(distances), 0,
+                          keep=per_cluster(kept), **options)
+    out = ops.reshape(out, (-1, heads, clusters, out.shape[-1]))
+    weight = ops.cast(in_cluster, out.dtype)[..., None]
+    total = ops.sum(out * weight, axis=2)
+    count = ops.maximum(ops.sum(weight, axis=2), 1)
+    return (total / count)[:, :, None], cache
 
 
 register_decoder("routing", start, step)

@@ -2,6 +2,8 @@
 inputs, and one small model of every family. Backend-agnostic (numpy and keras.ops only), so the TensorFlow
 test process and the JAX worker (`python -m tests.jax_backend_worker`) import the same cases."""
 
+import functools
+
 import numpy as np
 from keras import ops
 
@@ -37,8 +39,11 @@ KERNEL_CASES = {
     "combiner_mixture": ("combiner", dict(variant="mixture", segment_length=8)),
 }
 SHARED_KEYS = {"routing"}  # kernels that take k = None (keys are the queries) unless share_qk=False
-# Cases whose decoders run on any backend (routing's and Combiner's caches are TensorFlow's TensorArrays).
-DECODED_CASES = ("dense_causal", "local", "sparse_fixed", "sparse_local_strided")
+# Cases whose decoders run on any backend (Combiner's caches are TensorFlow's TensorArrays): a decoded row is the
+# full pass's row, except in balanced routing, where it is the row of a full pass over its prefix (membership
+# depends on later tokens), so there both backends' decoding is compared.
+DECODED_CASES = ("dense_causal", "local", "sparse_fixed", "sparse_local_strided", "routing_causal")
+DECODED_ACROSS_BACKENDS = ("routing_balanced", "routing_unshared_keys", "routing_hashing")
 PROMPT = 11  # decoded cases: positions 0 .. PROMPT - 1 are the prompt, the rest are decoded one at a time
 
 
@@ -58,20 +63,26 @@ def kernel_outputs():
     return outputs
 
 
-def decoded_outputs():
+def decoded_outputs(cases=DECODED_CASES + DECODED_ACROSS_BACKENDS, compile_step=None):
     """{case: rows PROMPT .. LENGTH - 1 of the kernel's output, decoded one position at a time after a prompt}
-    of every DECODED_CASES case on this backend (float32 numpy)."""
+    of `cases` on this backend (float32 numpy); `compile_step` (e.g. jax.jit) compiles each case's step once
+    for every position (its shapes must not depend on the position)."""
     q, k, v = kernel_inputs()
     outputs = {}
-    for name in DECODED_CASES:
+    for name in cases:
         kernel, options = KERNEL_CASES[name]
+        keys = None if kernel in SHARED_KEYS and options.get("share_qk", True) else k
         start, step = get_decoder(kernel)
-        cache = start(None, q[:, :, :PROMPT], k[:, :, :PROMPT], v[:, :, :PROMPT], LENGTH, **options)
+        step = functools.partial(step, **options)
+        if compile_step is not None:
+            step = compile_step(step)
+        cache = start(None, q[:, :, :PROMPT], None if keys is None else keys[:, :, :PROMPT], v[:, :, :PROMPT],
+                      LENGTH, **options)
         rows = []
         for position in range(PROMPT, LENGTH):
             span = slice(position, position + 1)
-            out, cache = step(None, q[:, :, span], k[:, :, span], v[:, :, span], cache,
-                              ops.convert_to_tensor(position, "int32"), **options)
+            out, cache = step(None, q[:, :, span], None if keys is None else keys[:, :, span], v[:, :, span], cache,
+                              ops.convert_to_tensor(position, "int32"))
             rows.append(np.asarray(ops.convert_to_numpy(out), np.float32))
         outputs[name] = np.concatenate(rows, axis=2)
     return outputs

@@ -22,6 +22,7 @@ class NoTensorFlow(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, NoTensorFlow())
 
+import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
@@ -35,10 +36,13 @@ def main(directory):
     assert keras.backend.backend() == "jax", keras.backend.backend()
     results = {f"kernel/{name}": out for name, out in backend_cases.kernel_outputs().items()}
     results.update({f"decoded/{name}": out for name, out in backend_cases.decoded_outputs().items()})
+    routing_cases = ("routing_causal",) + backend_cases.DECODED_ACROSS_BACKENDS
+    results.update({f"decoded_jit/{name}": out for name, out in
+                    backend_cases.decoded_outputs(routing_cases, compile_step=jax.jit).items()})
     try:
-        get_decoder("routing")
+        get_decoder("combiner")
     except ValueError as error:  # TensorFlow-only: one line saying so
-        results["routing_decoder_error"] = np.array(str(error))
+        results["combiner_decoder_error"] = np.array(str(error))
     ids = backend_cases.training_ids()
     for family, model in backend_cases.family_models().items():
         model.build((None, None))

@@ -58,9 +58,25 @@ def test_decoding_one_position_at_a_time_gives_the_full_pass_rows_on_both_backen
     np.testing.assert_allclose(decoded, tensorflow[f"kernel/{case}"][:, :, backend_cases.PROMPT:], **TOL)
 
 
+@pytest.mark.parametrize("case", backend_cases.DECODED_ACROSS_BACKENDS)
+def test_balanced_routing_decodes_alike_on_both_backends(runs, case):
+    """Each decoded row is that of a full pass over its prefix (tests/routing_transformer/test_decoding.py)."""
+    tensorflow, jax_results = runs
+    assert np.abs(tensorflow[f"decoded/{case}"]).max() > 0.1
+    np.testing.assert_allclose(jax_results[f"decoded/{case}"], tensorflow[f"decoded/{case}"], **TOL)
+
+
+@pytest.mark.parametrize("case", ("routing_causal",) + backend_cases.DECODED_ACROSS_BACKENDS)
+def test_a_routing_step_compiles_with_jax_jit(runs, case):
+    """Every shape of a routing step is fixed by its cache, so jax.jit traces it with the position unknown (a
+    shape that depended on it would fail to trace), and the compiled steps decode as the eager ones."""
+    jax_results = runs[1]
+    np.testing.assert_allclose(jax_results[f"decoded_jit/{case}"], jax_results[f"decoded/{case}"], **TOL)
+
+
 def test_tensorflow_only_decoders_are_a_one_line_error_under_jax(runs):
-    message = str(runs[1]["routing_decoder_error"])
-    assert message == ("incremental decoding of 'routing' attention needs Keras' 'tensorflow' backend; this "
+    message = str(runs[1]["combiner_decoder_error"])
+    assert message == ("incremental decoding of 'combiner' attention needs Keras' 'tensorflow' backend; this "
                        "process runs 'jax'."), message
 
 

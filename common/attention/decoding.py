@@ -15,9 +15,9 @@ positions 0 .. position, and reads only the cached positions the kernel's patter
 cost follows the pattern, not the prefix. Caches are nested structures of tensors and, under TensorFlow,
 TensorArrays (see `common.kv_cache`), so they can be loop variables.
 
-A decoder whose code needs TensorFlow (routing's and Combiner's caches are TensorArrays) is registered by module
-(`register_decoder_module`) and imported on first use, so importing its family loads no TensorFlow; under
-another backend asking for it is a one-line error.
+A decoder whose code needs TensorFlow (Combiner's, with its TensorArray caches and `tf.cond`) is registered by
+module (`register_decoder_module`) and imported on first use, so importing its family loads no TensorFlow;
+under another backend asking for it is a one-line error.
 """
 
 import importlib

@@ -176,14 +176,15 @@ def test_a_causal_routing_step_reads_a_fixed_number_of_entries(monkeypatch):
     """Whatever the prefix, a step gathers one window per row and `window` keys and values per row, and reads
     no per-position cache of the whole prefix."""
     reads = []
-    original = decoding._read_rows
+    original = decoding.kv_cache.read_rows
 
     def recording_read(cache, positions, rows, num_rows):
         reads.append(tuple(positions.shape))
         return original(cache, positions, rows, num_rows)
 
-    monkeypatch.setattr(decoding, "_read_rows", recording_read)
-    monkeypatch.setattr(decoding.kv_cache, "read", None)  # any prefix-wide read would fail
+    monkeypatch.setattr(decoding.kv_cache, "read_rows", recording_read)
+    for prefix_wide in ("read", "read_all"):  # any prefix-wide read would fail
+        monkeypatch.setattr(decoding.kv_cache, prefix_wide, None)
     rng = np.random.default_rng(3)
     q, v = (tf.constant(rng.standard_normal((2, 2, 40, 8)).astype(np.float32)) for _ in range(2))
     options = dict(centroids=tf.constant(rng.standard_normal((2, CLUSTERS, 8)).astype(np.float32)),
