@@ -5,8 +5,7 @@ through their abstractions (key, and value = local expectation under a pooled qu
 computed once, by the step that completes the region (or, where the causal definition uses growing regions,
 by the step that adds the region's last member), stored in a cache, and only read afterwards. A step at
 position p = (r, c) = (p // m, p % m), m = `segment_length`, gathers its direct entries and the cached
-abstractions it needs by index (`common.kv_cache`, TensorArrays with one slot per position unless said
-otherwise) and runs the variant's single softmax over them (paper eq. 9). The prompt's caches are built in one
+abstractions it needs by index (`common.kv_cache`, one slot per position unless said otherwise) and runs the variant's single softmax over them (paper eq. 9). The prompt's caches are built in one
 pass over it (`start`). `start` and `step` are the "combiner" kernel's registered decoder
 (`common.attention.decoding`); they read the layer input x for the row projection (axial, "proj"/"wsum_proj").
 
@@ -29,15 +28,14 @@ once per region; every cache also holds the keys, values and scaled queries of e
   parts: 3r + 2m entries, O((r + m) d); the prefix abstractions of the new position gather its column and
   row, O((r + m) d). The step completing a row adds its right parts: O(m^2 d), amortised O(m d).
 
-So no step reads the whole prefix except logsparse's at p + 1 = 2^j. This module is TensorFlow-only
-(TensorArray caches, `tf.cond`): the package registers it by name and it is imported on the first decode.
-Dropout is never applied: decoding is inference.
+So no step reads the whole prefix except logsparse's at p + 1 = 2^j. Written in `keras.ops`, it decodes under
+any Keras backend; how many entries a step reads depends on the position, so under JAX the steps run eagerly
+(not under jax.jit). Dropout is never applied: decoding is inference.
 """
 
 import math
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from combiner.axial import row_summaries
@@ -55,11 +53,6 @@ _SPANS = 2 ** np.arange(31, dtype=np.int32)
 def _scaled(q, scale):
     """Queries pre-scaled as `combiner_attention` scales them (before any pooling)."""
     return q * ops.cast(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale, q.dtype)
-
-
-def _scatter(cache, positions, x):
-    """`cache` with x [batch, heads, k, dim] stored at `positions` (int [k]; slots not written before)."""
-    return cache.scatter(positions, tf.transpose(x, [2, 0, 1, 3]))
 
 
 def _attend(q, parts):
@@ -119,7 +112,7 @@ def _fixed_step(q, cache, position, segment_length, local_summary, query_pooling
         return dict(cache, region_keys=kv_cache.write(cache["region_keys"], segment, key_bar),
                     region_values=kv_cache.write(cache["region_values"], segment, value_bar))
 
-    return out, tf.cond(position % segment_length == segment_length - 1, summarise, lambda: cache)
+    return out, ops.cond(position % segment_length == segment_length - 1, summarise, lambda: cache)
 
 
 # Logsparse.
@@ -157,12 +150,12 @@ def _start_logsparse(q, k, v, cache_length, max_length):
 
 
 def _logsparse_step(q, k, v, cache, position):
-    size = tf.bitwise.bitwise_and(position + 1, -(position + 1))  # the block ending at `position`
+    size = ops.bitwise_and(position + 1, -(position + 1))  # the block ending at `position`
     block = position - size + 1 + ops.arange(size)
     key_bar, value_bar = block_summaries(*(x[:, :, None] for x in _read(cache, ("queries", "keys", "values"),
                                                                           block)))
     cache = _write(cache, position, block_keys=key_bar, block_values=value_bar)
-    spans = tf.constant(_SPANS)
+    spans = ops.convert_to_tensor(_SPANS)
     spans = spans[:ops.sum(ops.cast(spans <= position, "int32"))]  # levels 0 .. bit_length(position) - 1
     ends = (position // spans) * spans - 1  # the level-l block before the query's own
     keep = (position // spans) % 2 == 1
@@ -200,12 +193,13 @@ def _axial_step(q, cache, position, segment_length, row_summary, row_projection)
             projection = row_projection(kv_cache.read(cache["inputs"], own)[:, 0])
         _, summaries, row_keys = row_summaries(queries[:, :, None], keys[:, :, None], values[:, :, None],
                                                row_summary, projection)
-        new = dict(cache, region_values=_scatter(cache["region_values"], own, summaries[:, :, 0]))
+        start = position - (segment_length - 1)
+        new = dict(cache, region_values=kv_cache.write_span(cache["region_values"], start, summaries[:, :, 0]))
         if row_summary != "none":
-            new["region_keys"] = _scatter(cache["region_keys"], own, row_keys[:, :, 0])
+            new["region_keys"] = kv_cache.write_span(cache["region_keys"], start, row_keys[:, :, 0])
         return new
 
-    return out, tf.cond(position % segment_length == segment_length - 1, summarise, lambda: cache)
+    return out, ops.cond(position % segment_length == segment_length - 1, summarise, lambda: cache)
 
 
 # Mixture.
@@ -261,10 +255,11 @@ def _mixture_step(q, cache, position, segment_length):
     def summarise():  # the row is complete: the abstractions of its parts right of each column
         keys, values = prefix_summaries(*(x[:, :, :, None] for x in (own_queries, own_keys, own_values)),
                                         reverse=True)
-        return dict(cache, right_keys=_scatter(cache["right_keys"], own, keys[:, :, :, 0]),
-                    right_values=_scatter(cache["right_values"], own, values[:, :, :, 0]))
+        start = position - (segment_length - 1)
+        return dict(cache, right_keys=kv_cache.write_span(cache["right_keys"], start, keys[:, :, :, 0]),
+                    right_values=kv_cache.write_span(cache["right_values"], start, values[:, :, :, 0]))
 
-    return out, tf.cond(column == segment_length - 1, summarise, lambda: cache)
+    return out, ops.cond(column == segment_length - 1, summarise, lambda: cache)
 
 
 def start(x, q, k, v, cache_length, *, variant, segment_length=None, causal=True, scale=None,

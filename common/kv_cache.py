@@ -45,6 +45,13 @@ def write(cache, position, x):
     return cache.write(position, x[:, :, 0])
 
 
+def write_span(cache, start, x):
+    """Stores x [batch, heads, k, dim] at positions start .. start + k - 1 (slots not written before)."""
+    if not _tensor_arrays():
+        return ops.slice_update(cache, (0, 0, start, 0), ops.cast(x, cache.dtype))
+    return cache.scatter(start + ops.arange(ops.shape(x)[2]), ops.transpose(x, [2, 0, 1, 3]))
+
+
 def read(cache, positions):
     """The slots at `positions` (int [k], all written) as [batch, heads, k, dim]."""
     if not _tensor_arrays():

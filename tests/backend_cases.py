@@ -39,10 +39,11 @@ KERNEL_CASES = {
     "combiner_mixture": ("combiner", dict(variant="mixture", segment_length=8)),
 }
 SHARED_KEYS = {"routing"}  # kernels that take k = None (keys are the queries) unless share_qk=False
-# Cases whose decoders run on any backend (Combiner's caches are TensorFlow's TensorArrays): a decoded row is the
-# full pass's row, except in balanced routing, where it is the row of a full pass over its prefix (membership
-# depends on later tokens), so there both backends' decoding is compared.
-DECODED_CASES = ("dense_causal", "local", "sparse_fixed", "sparse_local_strided", "routing_causal")
+# Every kernel decodes on any backend: a decoded row is the full pass's row, except in balanced routing, where it
+# is the row of a full pass over its prefix (membership depends on later tokens), so there both backends'
+# decoding is compared.
+DECODED_CASES = ("dense_causal", "local", "sparse_fixed", "sparse_local_strided", "routing_causal",
+                 "combiner_fixed", "combiner_logsparse", "combiner_axial", "combiner_mixture")
 DECODED_ACROSS_BACKENDS = ("routing_balanced", "routing_unshared_keys", "routing_hashing")
 PROMPT = 11  # decoded cases: positions 0 .. PROMPT - 1 are the prompt, the rest are decoded one at a time
 

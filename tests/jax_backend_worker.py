@@ -27,7 +27,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
-from common.attention import get_decoder  # noqa: E402
 from common.metrics import LanguageModelLoss  # noqa: E402
 from tests import backend_cases  # noqa: E402
 
@@ -39,10 +38,6 @@ def main(directory):
     routing_cases = ("routing_causal",) + backend_cases.DECODED_ACROSS_BACKENDS
     results.update({f"decoded_jit/{name}": out for name, out in
                     backend_cases.decoded_outputs(routing_cases, compile_step=jax.jit).items()})
-    try:
-        get_decoder("combiner")
-    except ValueError as error:  # TensorFlow-only: one line saying so
-        results["combiner_decoder_error"] = np.array(str(error))
     ids = backend_cases.training_ids()
     for family, model in backend_cases.family_models().items():
         model.build((None, None))

@@ -8,7 +8,7 @@ import pytest
 import combiner
 import routing_transformer
 import sparse_transformer
-from common.attention import decoding, get_decoder, register_decoder_module
+from common.attention import get_decoder
 from common.attention.registry import kernel_names
 from common.layers import SelfAttention
 from common.models import DecoderLM
@@ -44,16 +44,3 @@ def test_no_family_overrides_how_a_prompt_is_decoded(layer):
 def test_no_family_model_overrides_decoding(model):
     assert model.prefill is DecoderLM.prefill and model.decode is DecoderLM.decode
     assert positional(model.prefill) == ["self", "token_ids", "cache_length"]
-
-
-def test_a_decoder_of_another_backend_is_a_one_line_error_before_its_module_is_imported(monkeypatch):
-    monkeypatch.setattr(decoding, "_DECODER_MODULES", dict(decoding._DECODER_MODULES))  # registered for this test
-    register_decoder_module("jax_only_test_kernel", "no_such_module_is_imported", backend="jax")
-    with pytest.raises(ValueError, match=r"^incremental decoding of 'jax_only_test_kernel' attention needs Keras' "
-                                         r"'jax' backend; this process runs 'tensorflow'\.$"):
-        get_decoder("jax_only_test_kernel")
-
-
-def test_tensorflow_only_decoders_are_imported_on_first_use():
-    assert get_decoder("routing")[0].__module__ == "routing_transformer.decoding"
-    assert get_decoder("combiner")[0].__module__ == "combiner.decoding"

@@ -15,15 +15,11 @@ positions 0 .. position, and reads only the cached positions the kernel's patter
 cost follows the pattern, not the prefix. Caches are nested structures of tensors and, under TensorFlow,
 TensorArrays (see `common.kv_cache`), so they can be loop variables.
 
-A decoder whose code needs TensorFlow (Combiner's, with its TensorArray caches and `tf.cond`) is registered by
-module (`register_decoder_module`) and imported on first use, so importing its family loads no TensorFlow;
-under another backend asking for it is a one-line error.
+Every decoder is written in `keras.ops` and decodes under any Keras backend.
 """
 
-import importlib
 import math
 
-import keras
 from keras import ops
 
 from common import kv_cache
@@ -31,7 +27,6 @@ from common.attention import checks, masks, relative
 from common.attention.softmax import masked_softmax
 
 _DECODERS = {}
-_DECODER_MODULES = {}
 
 
 def register_decoder(name, start, step):
@@ -39,23 +34,11 @@ def register_decoder(name, start, step):
     _DECODERS[name] = (start, step)
 
 
-def register_decoder_module(name, module, backend="tensorflow"):
-    """Kernel `name`'s decoder is registered by importing `module` (which needs Keras backend `backend`) on its
-    first use."""
-    _DECODER_MODULES[name] = (module, backend)
-
-
 def get_decoder(name):
     """The (start, step) pair of kernel `name`; `ValueError` naming the decodable kernels otherwise."""
-    if name not in _DECODERS and name in _DECODER_MODULES:
-        module, backend = _DECODER_MODULES[name]
-        if keras.backend.backend() != backend:
-            raise ValueError(f"incremental decoding of {name!r} attention needs Keras' {backend!r} backend; this "
-                             f"process runs {keras.backend.backend()!r}.")
-        importlib.import_module(module)
     if name not in _DECODERS:
         raise ValueError(f"attention kernel {name!r} has no incremental decoder; kernels that have one: "
-                         f"{sorted(set(_DECODERS) | set(_DECODER_MODULES))}.")
+                         f"{sorted(_DECODERS)}.")
     return _DECODERS[name]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apps import checkpoints, sample
+from apps import checkpoints, errors, sample
 from common.layers import SelfAttention
 from common.models import DecoderLM
 from tests.apps.train_helpers import (  # noqa: F401  (fixtures)
@@ -200,9 +200,9 @@ def test_load_trained_model_restores_the_trained_variables(trained):
 
 def test_load_trained_model_without_a_checkpoint_is_a_user_error(trained, tmp_path):
     shutil.copy(os.path.join(trained[0], "operative_config.gin"), tmp_path / "operative_config.gin")
-    with pytest.raises(sample.train.UserError, match="no checkpoint"):
+    with pytest.raises(errors.UserError, match="no checkpoint"):
         checkpoints.load_trained_model(str(tmp_path))
-    with pytest.raises(sample.train.UserError, match="operative_config.gin"):
+    with pytest.raises(errors.UserError, match="operative_config.gin"):
         checkpoints.load_trained_model(str(tmp_path / "nothing_here"))
 
 
