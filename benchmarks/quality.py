@@ -9,8 +9,9 @@ Models: `gin_configs/<family>/cpu_small.gin` as they are (4 layers of d=128, con
 Adam with warm-up and cosine decay over the preset's TRAIN_STEPS; routing assigns tokens with the strictly causal
 rule, whose held-out bits are not helped by later tokens). `dense` is the Sparse Transformer preset with dense
 attention in every layer, a reference. The presets were tuned on the validation split; the held-out bytes here
-are the test split's (files never trained on or tuned on), the first --eval_batches batches of the preset's
-windows; bytes are tokens, so bits per token are bits per byte, and xz -9 compresses exactly those bytes.
+are the test split's (files never trained on or tuned on): the first whole batches of the preset's windows that
+hold --held_out_bytes (the same bytes whatever the preset's batch, for windows that divide them); bytes are
+tokens, so bits per token are bits per byte, and xz -9 compresses exactly those bytes.
 Training: `apps.train`, stopped by the preset's steps or by `Experiment.train_seconds = --budget_s`, whichever
 comes first; tracing and XLA compilation count against the budget, as they do for a user. CPU time is the worker
 process's user + system time while training. Each run starts once the CPU is idle and records the share other
@@ -21,9 +22,11 @@ Each (config, jit) runs in a fresh process. Output: benchmarks/results/quality.m
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import lzma
+import math
 import os
 import sys
 import tempfile
@@ -44,8 +47,7 @@ def experiment_params(config, jit, args):
     """Gin bindings of the training run of `config` on top of its preset; `jit` None keeps the preset's."""
     params = CONFIG_BINDINGS.get(config, []) + [
         f"Experiment.train_seconds = {args.budget_s!r}", f"Experiment.eval_split = {args.eval_split!r}",
-        f"Experiment.eval_batches = {args.eval_batches}", "Experiment.checkpoint_every = 1000000000",
-        "Experiment.log_every = 20"]
+        "Experiment.checkpoint_every = 1000000000", "Experiment.log_every = 20"]
     if jit is not None:
         params.append(f"Experiment.jit_compile = {jit}")
     if args.data_dir:
@@ -53,6 +55,12 @@ def experiment_params(config, jit, args):
     if args.local_text_dir:
         params.append(f"Experiment.data_options = {{'local_text_dir': {args.local_text_dir!r}}}")
     return params + list(args.gin_param)
+
+
+def scoring_held_out_bytes(experiment, held_out_bytes):
+    """`experiment` evaluating the first whole batches of its windows that hold `held_out_bytes` bytes."""
+    batch_bytes = experiment.batch_size * experiment.sequence_length
+    return dataclasses.replace(experiment, eval_batches=math.ceil(held_out_bytes / batch_bytes))
 
 
 def training_curve(train_dir, start_time):
@@ -75,6 +83,7 @@ def train_and_score(config, jit, args):
     from apps import evaluation, gin_experiment, train
 
     experiment = gin_experiment.parse_config([PRESETS[config]], experiment_params(config, jit, args))
+    experiment = scoring_held_out_bytes(experiment, args.held_out_bytes)
     with tempfile.TemporaryDirectory(prefix=f"quality_{config}_") as model_dir:
         start_wall, start_cpu, machine_before = time.time(), harness.process_cpu_s(), harness.cpu_seconds()
         model = train.train(experiment, model_dir)
@@ -100,7 +109,8 @@ def run_one(config, jit, args):
     """One (config, jit) in a fresh process; its numbers or a status saying why not."""
     jit_flag = "preset" if jit is None else ("on" if jit else "off")
     cmd = [sys.executable, "-m", "benchmarks.quality", f"--worker={config}", f"--jit={jit_flag}",
-           f"--budget_s={args.budget_s}", f"--eval_batches={args.eval_batches}", f"--eval_split={args.eval_split}"]
+           f"--budget_s={args.budget_s}", f"--held_out_bytes={args.held_out_bytes}",
+           f"--eval_split={args.eval_split}"]
     cmd += [f"--{name}={getattr(args, name)}" for name in ("data_dir", "local_text_dir") if getattr(args, name)]
     cmd += [f"--gin_param={binding}" for binding in args.gin_param]
     return harness.run_guarded(cmd, args.budget_s + args.timeout, args.memory_limit_gib * harness.GIB)
@@ -135,8 +145,9 @@ def report(records, xz, held_out, peak, args, command, date, wall_s):
              f"- Budget: {args.budget_s:g} s of wall-clock training each (tracing and compilation included) or the "
              f"preset's steps, whichever ends first, on the train split of "
              f"{args.local_text_dir or 'the local corpus (Python standard library)'}.",
-             f"- Held-out: the first {args.eval_batches} batches of the {args.eval_split} split (never trained on; "
-             f"the presets were tuned on the validation split), {held_out:,} bytes; xz -9 on the same bytes: "
+             f"- Held-out: the first {held_out:,} bytes of the {args.eval_split} split (never trained on; the "
+             f"presets were tuned on the validation split), whole batches of the preset's windows; xz -9 on the "
+             f"same bytes: "
              f"**{xz:.3f} bits/byte**." if xz else "- Held-out: not measured.",
              *target_lines(records, xz),
              f"- Run: `{command}`, {date}, wall time {wall_s:.0f} s; each run in a fresh process, started once other "
@@ -165,7 +176,8 @@ def parse_args(argv=None):
     parser.add_argument("--jit", choices=("preset", "both", "on", "off"), default="preset",
                         help="XLA-compile the steps: as the preset says (on), on, off, or both")
     parser.add_argument("--budget_s", type=float, default=600.0, help="wall-clock training seconds per run")
-    parser.add_argument("--eval_batches", type=int, default=128, help="held-out batches of the preset's windows")
+    parser.add_argument("--held_out_bytes", type=int, default=262144,
+                        help="bytes of the held-out split scored (whole batches of the preset's windows)")
     parser.add_argument("--eval_split", choices=("test", "validation"), default="test",
                         help="the held-out split (tune on validation, report test)")
     parser.add_argument("--gin_param", action="append", default=[], help="extra gin binding for every run")
@@ -182,8 +194,9 @@ def parse_args(argv=None):
     unknown = sorted(set(args.configs) - set(PRESETS))
     if unknown:
         parser.error(f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
-    if args.budget_s <= 0 or args.eval_batches < 1:
-        parser.error(f"--budget_s must be > 0 and --eval_batches >= 1 (got {args.budget_s:g}, {args.eval_batches})")
+    if args.budget_s <= 0 or args.held_out_bytes < 1:
+        parser.error(f"--budget_s must be > 0 and --held_out_bytes >= 1 (got {args.budget_s:g}, "
+                     f"{args.held_out_bytes})")
     return args
 
 
@@ -219,7 +232,7 @@ def main(argv=None):
     shapes = sorted({(r["sequence_length"], r["batch_size"]) for r in measured})
     raw = {"machine": harness.machine(), "matmul_flops_per_s": peak["flops_per_s"], "command": command,
            "date": date, "settings": {"sequence_length": shapes[0][0] if len(shapes) == 1 else None,
-                                      "budget_s": args.budget_s, "eval_batches": args.eval_batches,
+                                      "budget_s": args.budget_s, "held_out_bytes": args.held_out_bytes,
                                       "eval_split": args.eval_split, "presets": {c: PRESETS[c] for c in args.configs},
                                       "gin_params": args.gin_param},
            "held_out_bytes": held_out, "xz_bits_per_byte": xz, "records": records}

@@ -2,6 +2,7 @@
 target line of its report, and one tiny end-to-end run whose xz figure and held-out bytes are checked against
 the test split read directly."""
 
+import dataclasses
 import json
 import lzma
 import math
@@ -19,10 +20,10 @@ def preset_experiment(config, args):
 
 
 def test_run_is_the_preset_bounded_by_the_budget_and_scored_on_the_test_split(clean_gin):
-    args = quality.parse_args(["--budget_s=42", "--eval_batches=3", "--jit=off"])
+    args = quality.parse_args(["--budget_s=42", "--held_out_bytes=3000", "--jit=off"])
     experiment = gin_experiment.parse_config([quality.PRESETS["sparse"]],
                                              quality.experiment_params("sparse", False, args))
-    assert experiment.train_seconds == 42 and experiment.eval_batches == 3 and not experiment.jit_compile
+    assert experiment.train_seconds == 42 and not experiment.jit_compile
     assert experiment.eval_split == "test"
     assert experiment.train_steps == experiment.learning_rate.total_steps > 100
     # The learning rate warms up, peaks, and decays over the preset's steps.
@@ -30,6 +31,15 @@ def test_run_is_the_preset_bounded_by_the_budget_and_scored_on_the_test_split(cl
     warmup = gin.query_parameter("WarmupCosine.warmup_steps")
     rates = [float(experiment.learning_rate(step)) for step in (warmup // 2, warmup, experiment.train_steps)]
     assert rates[0] == pytest.approx(peak / 2) and rates[1] == pytest.approx(peak) and rates[2] < peak / 5
+
+
+def test_held_out_bytes_are_whole_batches_of_any_preset_s_windows(clean_gin):
+    args = quality.parse_args([])
+    experiment = preset_experiment("sparse", args)
+    for batch in (8, 4):
+        scored = quality.scoring_held_out_bytes(dataclasses.replace(experiment, batch_size=batch), 262144)
+        assert scored.eval_batches * batch * scored.sequence_length == 262144
+    assert quality.scoring_held_out_bytes(experiment, 1).eval_batches == 1  # at least one whole batch
 
 
 @pytest.mark.parametrize("config", sorted(quality.PRESETS))
@@ -75,7 +85,7 @@ def test_bad_arguments_are_refused_in_one_line(capsys, argv, message):
 def test_tiny_run_scores_the_test_bytes_against_xz(corpus, tmp_path):  # noqa: F811
     text_dir, data_dir = corpus
     stem = str(tmp_path / "quality")
-    quality.main(["--configs=combiner", "--jit=off", "--budget_s=3", "--eval_batches=2", "--idle_wait=0",
+    quality.main(["--configs=combiner", "--jit=off", "--budget_s=3", "--held_out_bytes=1024", "--idle_wait=0",
                   "--gin_param=Experiment.batch_size = 2", "--gin_param=Experiment.log_every = 1",
                   f"--data_dir={data_dir}", f"--local_text_dir={text_dir}", f"--output={stem}"])
     with open(stem + ".json") as f:
