@@ -5,7 +5,7 @@ local corpus, held-out bits per byte on the test split next to `xz -9` on the sa
     python -m benchmarks.quality [--budget_s=600] [--configs=routing,sparse,combiner,dense] [--jit=preset|on|off|both]
     python -m benchmarks.quality --local_text_dir=/my/texts   # your own text
 
-Models: `gin_configs/<family>/cpu_small.gin` as they are (4 layers of d=128, context 256, batches of 8 windows,
+Models: `gin_configs/<family>/cpu_small.gin` as they are (4 layers of d=128, context 256, batches of 4 windows,
 Adam with warm-up and cosine decay over the preset's TRAIN_STEPS; routing assigns tokens with the strictly causal
 rule, whose held-out bits are not helped by later tokens). `dense` is the Sparse Transformer preset with dense
 attention in every layer, a reference. The presets were tuned on the validation split; the held-out bytes here
