@@ -63,7 +63,7 @@ def read_all(cache):
     """Every slot as [batch, heads, max_length, dim]; slots never written hold zeros."""
     if not _tensor_arrays():
         return cache
-    return ops.transpose(cache.gather(ops.arange(cache.size())), [1, 2, 0, 3])
+    return read(cache, ops.arange(cache.size()))
 
 
 def rows_from_prompt(x, max_length):
