@@ -32,6 +32,10 @@ class Experiment:
       --mode=train_and_eval.
     eval_batches: evaluate on this many batches; None covers the whole split (needed for per-byte/per-word
       metrics).
+    eval_stride: text: evaluate windows that start every this many tokens and score their last `eval_stride`,
+      so that every token after the first window is predicted from at least `sequence_length - eval_stride`
+      tokens before it (as a compressor or a long-context evaluation does); each token is still scored once.
+      None: consecutive windows, whose first tokens are predicted from nothing.
     batch_size: the global batch; under a strategy, a multiple of the number of replicas.
     jit_compile: XLA-compile the training and evaluation steps; on one replica only (see `step_function`).
     train_seconds: also stop (with a checkpoint) once this run has trained this many seconds of wall-clock time,
@@ -58,6 +62,7 @@ class Experiment:
     eval_split: str = "validation"
     eval_every: Optional[int] = None
     eval_batches: Optional[int] = None
+    eval_stride: Optional[int] = None
     jit_compile: bool = True
     seed: int = 0
     data_dir: Optional[str] = None
@@ -69,12 +74,15 @@ class Experiment:
     def __post_init__(self):
         """ValueError naming the field for a value of the wrong type or range (gin binds whatever it parses)."""
         for name in ("sequence_length", "batch_size", "train_steps", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "eval_every", "eval_batches"):
+                     "keep_checkpoints", "eval_every", "eval_batches", "eval_stride"):
             value = getattr(self, name)
-            optional = name in ("eval_every", "eval_batches")
+            optional = name in ("eval_every", "eval_batches", "eval_stride")
             if not (optional and value is None) and (not _is_int(value) or value < 1):
                 raise ValueError(f"Experiment.{name} = {value!r}: expected a positive integer"
                                  + (" or None" if optional else ""))
+        if self.eval_stride is not None and self.eval_stride > self.sequence_length:
+            raise ValueError(f"Experiment.eval_stride = {self.eval_stride}: expected at most the sequence_length "
+                             f"({self.sequence_length})")
         for name in ("clip_norm", "train_seconds"):
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or value <= 0):
@@ -140,7 +148,8 @@ def make_dataset(experiment, split, training):
     try:
         return data.make_dataset(experiment.dataset, split, sequence_length=experiment.sequence_length,
                                  batch_size=experiment.batch_size, training=training,
-                                 data_dir=experiment.data_dir, seed=experiment.seed, **experiment.data_options)
+                                 data_dir=experiment.data_dir, seed=experiment.seed,
+                                 eval_stride=experiment.eval_stride, **experiment.data_options)
     except ValueError as error:  # DatasetNotPreparedError included
         raise UserError(first_line(error)) from error
 

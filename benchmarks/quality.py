@@ -3,6 +3,7 @@ local corpus, held-out bits per byte on the test split next to `xz -9` on the sa
 
     make bench-quality
     python -m benchmarks.quality [--budget_s=600] [--configs=routing,sparse,combiner,dense] [--jit=preset|on|off|both]
+                                 [--eval_stride=N]
     python -m benchmarks.quality --local_text_dir=/my/texts   # your own text
 
 Models: `gin_configs/<family>/cpu_small.gin` as they are (4 layers of d=128, context 256, batches of 4 windows,
@@ -11,7 +12,11 @@ rule, whose held-out bits are not helped by later tokens). `dense` is the Sparse
 attention in every layer, a reference. The presets were tuned on the validation split; the held-out bytes here
 are the test split's (files never trained on or tuned on): the first whole batches of the preset's windows that
 hold --held_out_bytes (the same bytes whatever the preset's batch, for windows that divide them); bytes are
-tokens, so bits per token are bits per byte, and xz -9 compresses exactly those bytes.
+tokens, so bits per token are bits per byte, and xz -9 compresses exactly those bytes. Each byte is predicted
+with context, as xz compresses it: windows start every --eval_stride bytes (default half the window) and score
+their last --eval_stride bytes (`Experiment.eval_stride`), so every byte after the first window has at least
+window - stride bytes before it. The same model scored on consecutive windows, whose first bytes are predicted
+from nothing, is reported beside it ("from scratch").
 Training: `apps.train`, stopped by the preset's steps or by `Experiment.train_seconds = --budget_s`, whichever
 comes first; tracing and XLA compilation count against the budget, as they do for a user. CPU time is the worker
 process's user + system time while training. Each run starts once the CPU is idle and records the share other
@@ -57,10 +62,19 @@ def experiment_params(config, jit, args):
     return params + list(args.gin_param)
 
 
-def scoring_held_out_bytes(experiment, held_out_bytes):
-    """`experiment` evaluating the first whole batches of its windows that hold `held_out_bytes` bytes."""
-    batch_bytes = experiment.batch_size * experiment.sequence_length
-    return dataclasses.replace(experiment, eval_batches=math.ceil(held_out_bytes / batch_bytes))
+def scoring_held_out_bytes(experiment, held_out_bytes, stride=None):
+    """`experiment` evaluating windows every `stride` bytes (None: consecutive windows), as many whole batches
+    as score at least `held_out_bytes` bytes: the first window scores all its bytes, each later one `stride`."""
+    length = experiment.sequence_length
+    stride = stride or length
+    windows = 1 + math.ceil(max(0, held_out_bytes - length) / stride)
+    return dataclasses.replace(experiment, eval_stride=None if stride == length else stride,
+                               eval_batches=math.ceil(windows / experiment.batch_size))
+
+
+def eval_stride(experiment, args):
+    """The stride of the held-out windows: --eval_stride, or half the preset's window."""
+    return args.eval_stride or experiment.sequence_length // 2
 
 
 def training_curve(train_dir, start_time):
@@ -83,7 +97,9 @@ def train_and_score(config, jit, args):
     from apps import evaluation, gin_experiment, train
 
     experiment = gin_experiment.parse_config([PRESETS[config]], experiment_params(config, jit, args))
-    experiment = scoring_held_out_bytes(experiment, args.held_out_bytes)
+    stride = eval_stride(experiment, args)
+    from_scratch = scoring_held_out_bytes(experiment, args.held_out_bytes)
+    experiment = scoring_held_out_bytes(experiment, args.held_out_bytes, stride)
     with tempfile.TemporaryDirectory(prefix=f"quality_{config}_") as model_dir:
         start_wall, start_cpu, machine_before = time.time(), harness.process_cpu_s(), harness.cpu_seconds()
         model = train.train(experiment, model_dir)
@@ -92,6 +108,7 @@ def train_and_score(config, jit, args):
         checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
         steps = int(tf.train.load_variable(checkpoint, "step/.ATTRIBUTES/VARIABLE_VALUE"))
         results = evaluation.evaluate(experiment, model_dir)
+        scratch_results = evaluation.evaluate(from_scratch, model_dir)
         curve = training_curve(os.path.join(model_dir, "train"), start_wall)
     text = evaluation.evaluated_bytes(experiment)
     tokens_per_step = experiment.batch_size * experiment.sequence_length
@@ -99,8 +116,10 @@ def train_and_score(config, jit, args):
             "sequence_length": experiment.sequence_length, "batch_size": experiment.batch_size,
             "train_steps": experiment.train_steps, "steps": steps, "train_wall_s": train_wall,
             "train_cpu_s": train_cpu, "others_cpu_share": others, "tokens_per_s": steps * tokens_per_step / train_wall,
-            "bits_per_byte": results["bits_per_token"],
+            "bits_per_byte": results["bits_per_token"], "eval_stride": stride,
             "held_out_tokens": results["tokens"], "held_out_bytes": len(text),
+            "from_scratch_bits_per_byte": scratch_results["bits_per_token"],
+            "from_scratch_held_out_bytes": scratch_results["tokens"],
             "xz_bits_per_byte": 8.0 * len(lzma.compress(text, preset=9)) / len(text),
             "curve": curve}
 
@@ -110,7 +129,7 @@ def run_one(config, jit, args):
     jit_flag = "preset" if jit is None else ("on" if jit else "off")
     cmd = [sys.executable, "-m", "benchmarks.quality", f"--worker={config}", f"--jit={jit_flag}",
            f"--budget_s={args.budget_s}", f"--held_out_bytes={args.held_out_bytes}",
-           f"--eval_split={args.eval_split}"]
+           f"--eval_split={args.eval_split}"] + ([f"--eval_stride={args.eval_stride}"] if args.eval_stride else [])
     cmd += [f"--{name}={getattr(args, name)}" for name in ("data_dir", "local_text_dir") if getattr(args, name)]
     cmd += [f"--gin_param={binding}" for binding in args.gin_param]
     return harness.run_guarded(cmd, args.budget_s + args.timeout, args.memory_limit_gib * harness.GIB)
@@ -146,27 +165,46 @@ def report(records, xz, held_out, peak, args, command, date, wall_s):
              f"preset's steps, whichever ends first, on the train split of "
              f"{args.local_text_dir or 'the local corpus (Python standard library)'}.",
              f"- Held-out: the first {held_out:,} bytes of the {args.eval_split} split (never trained on; the "
-             f"presets were tuned on the validation split), whole batches of the preset's windows; xz -9 on the "
-             f"same bytes: "
-             f"**{xz:.3f} bits/byte**." if xz else "- Held-out: not measured.",
+             f"presets were tuned on the validation split), whole batches of the preset's windows, every byte "
+             f"after the first window predicted from at least {context_text(ok)} bytes before it (windows every "
+             f"{stride_text(ok)} bytes); xz -9 on the same bytes: **{xz:.3f} bits/byte**. \"from scratch\": the "
+             f"same model on consecutive windows (the first {held_out_scratch_text(ok)} bytes), the first bytes of "
+             "each predicted from nothing." if xz else "- Held-out: not measured.",
              *target_lines(records, xz),
              f"- Run: `{command}`, {date}, wall time {wall_s:.0f} s; each run in a fresh process, started once other "
              f"processes left the CPU (or after --idle_wait). \"others' CPU\": the share of the machine other "
              f"processes used while it trained; above {harness.BUSY_SHARE:.0%} (marked *) its steps, tokens/s and "
              "bits/byte are not what this machine gives a run of its own.", "",
              "| config | jit | parameters | steps | tokens/s | CPU-minutes | others' CPU | held-out bits/byte | "
-             "vs xz -9 |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "vs xz -9 | from scratch |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in records:
         jit = {None: "preset", True: "on", False: "off"}[r["jit"]]
         if r["status"] != "ok":
-            lines.append(f"| {r['config']} | {jit} | {r['status']} | | | | | | |")
+            lines.append(f"| {r['config']} | {jit} | {r['status']} | | | | | | | |")
             continue
         mark = "*" if harness.disturbed(r) else ""
         lines.append(f"| {r['config']}{mark} | {jit} | {r['parameters']:,} | {r['steps']:,} | "
                      f"{r['tokens_per_s']:,.0f} | {r['train_cpu_s'] / 60:.1f} | {r['others_cpu_share']:.0%} | "
-                     f"{r['bits_per_byte']:.3f} | {r['bits_per_byte'] / xz:.2f}x |")
+                     f"{r['bits_per_byte']:.3f} | {r['bits_per_byte'] / xz:.2f}x | "
+                     f"{r['from_scratch_bits_per_byte']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _distinct(values):
+    return " / ".join(f"{v:,}" for v in sorted(set(values)))
+
+
+def context_text(records):
+    return _distinct(r["sequence_length"] - r["eval_stride"] for r in records)
+
+
+def stride_text(records):
+    return _distinct(r["eval_stride"] for r in records)
+
+
+def held_out_scratch_text(records):
+    return _distinct(int(r["from_scratch_held_out_bytes"]) for r in records)
 
 
 def parse_args(argv=None):
@@ -178,6 +216,8 @@ def parse_args(argv=None):
     parser.add_argument("--budget_s", type=float, default=600.0, help="wall-clock training seconds per run")
     parser.add_argument("--held_out_bytes", type=int, default=262144,
                         help="bytes of the held-out split scored (whole batches of the preset's windows)")
+    parser.add_argument("--eval_stride", type=int, default=None,
+                        help="score held-out windows every N bytes, their last N (default: half the window)")
     parser.add_argument("--eval_split", choices=("test", "validation"), default="test",
                         help="the held-out split (tune on validation, report test)")
     parser.add_argument("--gin_param", action="append", default=[], help="extra gin binding for every run")
@@ -194,6 +234,8 @@ def parse_args(argv=None):
     unknown = sorted(set(args.configs) - set(PRESETS))
     if unknown:
         parser.error(f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+    if args.eval_stride is not None and args.eval_stride < 1:
+        parser.error(f"--eval_stride must be >= 1 (got {args.eval_stride})")
     if args.budget_s <= 0 or args.held_out_bytes < 1:
         parser.error(f"--budget_s must be > 0 and --held_out_bytes >= 1 (got {args.budget_s:g}, "
                      f"{args.held_out_bytes})")
@@ -233,7 +275,7 @@ def main(argv=None):
     raw = {"machine": harness.machine(), "matmul_flops_per_s": peak["flops_per_s"], "command": command,
            "date": date, "settings": {"sequence_length": shapes[0][0] if len(shapes) == 1 else None,
                                       "budget_s": args.budget_s, "held_out_bytes": args.held_out_bytes,
-                                      "eval_split": args.eval_split, "presets": {c: PRESETS[c] for c in args.configs},
+                                      "eval_stride": args.eval_stride, "eval_split": args.eval_split, "presets": {c: PRESETS[c] for c in args.configs},
                                       "gin_params": args.gin_param},
            "held_out_bytes": held_out, "xz_bits_per_byte": xz, "records": records}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -387,22 +387,27 @@ def quality_section(results, plots, report_dir):
         split = data["settings"].get("eval_split", "validation")
         lines += [f"xz -9 compresses the same {data['held_out_bytes']:,} held-out bytes ({split} split) to {xz:.3f} "
                   "bits/byte; this/xz below 1 beats it.", ""]
+    scratch = any("from_scratch_bits_per_byte" in r for r in data["records"] if measured(r))
+    if scratch:
+        lines += ["Held-out bytes are predicted with context, as xz compresses them: windows start every "
+                  "`eval_stride` bytes and score their last `eval_stride`; \"from scratch\" is the same model on "
+                  "consecutive windows, whose first bytes are predicted from nothing.", ""]
     if data.get("matmul_flops_per_s"):
         lines += [f"The machine's float32 matmul rate: {data['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s; the budget "
                   "buys steps in proportion.", ""]
     rows = []
     for r in data["records"]:
         if not measured(r):
-            rows.append([r["config"], jit_name(r["jit"]), r["status"], "", "", "", "", "", ""])
+            rows.append([r["config"], jit_name(r["jit"]), r["status"], "", "", "", "", "", ""] + [""] * scratch)
             continue
         rows.append([r["config"] + ("*" if harness.disturbed(r) else ""), jit_name(r["jit"]),
                      f"{r['parameters']:,}" if "parameters" in r else "n/a",
                      f"{r['steps']:,}", f"{r['tokens_per_s']:,.0f}",
                      number(r["train_wall_s"] / 60), number(r["train_cpu_s"] / 60), f"{r['bits_per_byte']:.3f}",
-                     times(r["bits_per_byte"] / xz if xz else None)])
+                     times(r["bits_per_byte"] / xz if xz else None)] + from_scratch_cells(r, scratch))
     lines += table(["config", "jit", "parameters", "steps", "tokens/s", "wall minutes", "CPU-minutes",
-                    "held-out bits/byte",
-                    "this/xz -9"], rows, text_columns=2) + [""] + disturbed_note(data["records"])
+                    "held-out bits/byte", "this/xz -9"] + ["from scratch"] * scratch, rows,
+                   text_columns=2) + [""] + disturbed_note(data["records"])
     if "quality" in plots:
         lines += [image(plots["quality"], PLOT_CAPTIONS["quality"], report_dir), ""]
     return lines
@@ -752,6 +757,14 @@ def headline(results):
             "", *table(["config", "length", "jit", *FAMILY_HEADER], rows, text_columns=3)]
 
 
+def from_scratch_cells(record, shown):
+    """The "from scratch" cell of a quality row (bits/byte on consecutive windows), if the table has one."""
+    if not shown:
+        return []
+    value = record.get("from_scratch_bits_per_byte")
+    return [f"{value:.3f}" if value is not None else "n/a"]
+
+
 def quality_headline(results):
     """The README's quality lines: held-out bits/byte of each preset after the same budget, next to xz -9."""
     data = results["quality"]
@@ -763,12 +776,17 @@ def quality_headline(results):
     rate = data.get("matmul_flops_per_s")
     machine = f" on a CPU doing {rate / 1e9:.0f} GFLOP/s of float32 matmul" if rate else ""
     split = settings.get("eval_split", "validation")
+    scratch = any("from_scratch_bits_per_byte" in r for r in runs)
+    context = (" (every byte predicted from the bytes before it in its window, as xz does; \"from scratch\": "
+               "consecutive windows, whose first bytes are predicted from nothing)") if scratch else ""
     return ["", f"Held-out ({split} split) bits/byte of each family's `cpu_small.gin` preset after "
-            f"{settings['budget_s'] / 60:g} minutes of training{machine} (`{data['command']}`); xz -9 on the same "
-            f"{data['held_out_bytes']:,} bytes: {xz:.3f}:", "",
-            *table(["config", "jit", "parameters", "steps", "held-out bits/byte", "this/xz -9"],
+            f"{settings['budget_s'] / 60:g} minutes of training{machine} (`{data['command']}`){context}; xz -9 on "
+            f"the same {data['held_out_bytes']:,} bytes: {xz:.3f}:", "",
+            *table(["config", "jit", "parameters", "steps", "held-out bits/byte", "this/xz -9"]
+                   + ["from scratch"] * scratch,
                    [[r["config"], jit_name(r["jit"]), f"{r['parameters']:,}" if "parameters" in r else "n/a",
-                     f"{r['steps']:,}", f"{r['bits_per_byte']:.3f}", times(r["bits_per_byte"] / xz)] for r in runs],
+                     f"{r['steps']:,}", f"{r['bits_per_byte']:.3f}", times(r["bits_per_byte"] / xz)]
+                    + from_scratch_cells(r, scratch) for r in runs],
                    text_columns=2)]
 
 

@@ -36,10 +36,20 @@ def test_run_is_the_preset_bounded_by_the_budget_and_scored_on_the_test_split(cl
 def test_held_out_bytes_are_whole_batches_of_any_preset_s_windows(clean_gin):
     args = quality.parse_args([])
     experiment = preset_experiment("sparse", args)
+    length = experiment.sequence_length
+    assert quality.eval_stride(experiment, args) == length // 2
     for batch in (8, 4):
         scored = quality.scoring_held_out_bytes(dataclasses.replace(experiment, batch_size=batch), 262144)
-        assert scored.eval_batches * batch * scored.sequence_length == 262144
+        assert scored.eval_batches * batch * length == 262144 and scored.eval_stride is None
+        # Windows every half window: the first scores all its bytes, each later one half; whole batches of them
+        # cover the bytes, and one batch fewer would not.
+        strided = quality.scoring_held_out_bytes(dataclasses.replace(experiment, batch_size=batch), 262144,
+                                                 length // 2)
+        assert strided.eval_stride == length // 2
+        covered = lambda batches: length + (batches * batch - 1) * length // 2  # noqa: E731
+        assert covered(strided.eval_batches) >= 262144 > covered(strided.eval_batches - 1)
     assert quality.scoring_held_out_bytes(experiment, 1).eval_batches == 1  # at least one whole batch
+    assert quality.scoring_held_out_bytes(experiment, 1, 64).eval_batches == 1
 
 
 @pytest.mark.parametrize("config", sorted(quality.PRESETS))
@@ -74,7 +84,8 @@ def test_target_line_names_the_best_family_and_the_gap():
 
 
 @pytest.mark.parametrize("argv, message", [(["--configs=dense,flash"], "unknown config"),
-                                           (["--budget_s=0"], "--budget_s must be > 0")])
+                                           (["--budget_s=0"], "--budget_s must be > 0"),
+                                           (["--eval_stride=0"], "--eval_stride must be >= 1")])
 def test_bad_arguments_are_refused_in_one_line(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         quality.parse_args(argv)
@@ -98,13 +109,20 @@ def test_tiny_run_scores_the_test_bytes_against_xz(corpus, tmp_path):  # noqa: F
     # The held-out bytes are the test files, in order, unpadded; xz -9 is computed on exactly them.
     test_split = b"".join(bytes(t) for t in data.raw_split("local_text", "test", data_dir=data_dir,
                                                            local_text_dir=text_dir).as_numpy_iterator())
-    held_out = test_split[:2 * 2 * record["sequence_length"]]
+    # Windows every half window (128 bytes): 1,024 bytes need 1 + 6 windows, so 4 batches of 2: 256 + 7 x 128
+    # (or the whole split, if shorter).
+    assert record["eval_stride"] == record["sequence_length"] // 2 == 128
+    held_out = test_split[:256 + 7 * 128]
     assert record["held_out_bytes"] == record["held_out_tokens"] == len(held_out)
     assert math.isclose(results["xz_bits_per_byte"], 8 * len(lzma.compress(held_out, preset=9)) / len(held_out))
+    # From scratch: the same model on 2 batches of 2 consecutive windows.
+    assert record["from_scratch_held_out_bytes"] == len(test_split[:1024])
+    assert 0 < record["from_scratch_bits_per_byte"] < 16
     with open(stem + ".md") as f:
         report = f.read()
     assert 0.0 <= record["others_cpu_share"] <= 1.0
     mark = "*" if record["others_cpu_share"] > 0.10 else ""  # shared the CPU with other processes (pytest -n 2)
     assert (f"| combiner{mark} | off | {record['parameters']:,} | {record['steps']:,} |" in report
-            and f" | {record['others_cpu_share']:.0%} | {record['bits_per_byte']:.3f} |" in report)
+            and f" | {record['others_cpu_share']:.0%} | {record['bits_per_byte']:.3f} |" in report
+            and report.rstrip().endswith(f"| {record['from_scratch_bits_per_byte']:.3f} |"))
     assert "- Target: the best family at most 1.80 bits/byte" in report

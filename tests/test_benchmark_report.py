@@ -73,6 +73,7 @@ def quality_input():
     records = [{"config": config, "jit": jit, "status": "ok", "parameters": 1_000_000, "steps": 1200,
                 "train_wall_s": 600.0,
                 "train_cpu_s": 1150.0, "tokens_per_s": 8000.0, "bits_per_byte": 2.0 + 0.1 * i,
+                "eval_stride": 128, "from_scratch_bits_per_byte": 2.05 + 0.1 * i,
                 "curve": [[60.0 * t, 8.0 / (1 + t) + 1.8 + 0.1 * i] for t in range(11)]}
                for i, (config, jit) in enumerate((c, j) for c in ("dense", "routing", "sparse", "combiner")
                                                  for j in (True, False))]
@@ -146,7 +147,8 @@ def test_families_quality_and_decoding_tables(synthetic):
     assert "| routing | 1,024 | 4,096 | 400 | 0.400 | 0.72x | 1.00x | 0.80x | 0.75x |" in section(
         text, "Training step of each family")
     quality = section(text, "Held-out quality after a fixed training budget")
-    assert "| dense | on | 1,000,000 | 1,200 | 8,000 | 10.0 | 19.2 | 2.000 | 0.80x |" in quality  # 2.0 / xz's 2.5
+    assert "| dense | on | 1,000,000 | 1,200 | 8,000 | 10.0 | 19.2 | 2.000 | 0.80x | 2.050 |" in quality  # xz: 2.5
+    assert "\"from scratch\" is the same model on consecutive windows" in quality
     assert "(test split) to 2.500 bits/byte" in quality and "matmul rate: 50 GFLOP/s" in quality
     assert "| combiner | off | timeout |" in quality
     assert "| routing* | on |" in quality and "| routing | off |" in quality and "\\* Other processes used" in quality
@@ -194,7 +196,7 @@ def test_readme_summary_replaces_only_the_marked_part(synthetic):
     # Quality: the measured runs best first against xz -9 (2.5 bits/byte); the timed-out run is left out.
     assert ("Held-out (test split) bits/byte of each family's `cpu_small.gin` preset after 10 minutes of training "
             "on a CPU doing 50 GFLOP/s of float32 matmul" in summary and "100,000 bytes: 2.500" in summary)
-    assert "| dense | on | 1,000,000 | 1,200 | 2.000 | 0.80x |" in summary and "timeout" not in summary
+    assert "| dense | on | 1,000,000 | 1,200 | 2.000 | 0.80x | 2.050 |" in summary and "timeout" not in summary
     assert all(f"(results/plots/{name}.png)" in summary for name in PLOTS)
 
 

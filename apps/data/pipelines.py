@@ -170,7 +170,8 @@ def make_dataset(name: str, split: str, *, sequence_length: int, batch_size: int
                  vocabulary_size: int | None = None, seed: int = 0,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
                  local_text_dir: str | None = None,
-                 manual_dir: str | None = None) -> tf.data.Dataset:
+                 manual_dir: str | None = None,
+                 eval_stride: int | None = None) -> tf.data.Dataset:
     """Batches of {"token_ids": int32 [batch, L], "weights": float32 [batch, L]}.
 
     Args:
@@ -187,6 +188,9 @@ def make_dataset(name: str, split: str, *, sequence_length: int, batch_size: int
       local_text_dir: folder of text files for "local_text" (default: the stdlib).
       manual_dir: where enwik8.zip / wikitext-103-v1.zip are (default
         <data_dir>/downloads/manual).
+      eval_stride: text evaluation (not training): a window every this many
+        tokens, scoring its last `eval_stride` (`packing.pack`), so that every
+        scored token has at least L - eval_stride tokens of context; None: L.
 
     Raises:
       DatasetNotPreparedError: data missing; the one-line message says what to do.
@@ -200,6 +204,8 @@ def make_dataset(name: str, split: str, *, sequence_length: int, batch_size: int
     tokenizer_object = _tokenizer_for(source, vocabulary_size)
     raw = source.read(split, shuffle_files=training, seed=seed)
 
+    if source.spec.kind == "image" and eval_stride is not None:
+        raise ValueError(f"eval_stride applies to text; {name!r} is images (one window per image)")
     if source.spec.kind == "image":
         if sequence_length != tokenizer_object.length:
             raise ValueError(f"{name!r} images are {tokenizer_object.length} tokens "
@@ -219,7 +225,8 @@ def make_dataset(name: str, split: str, *, sequence_length: int, batch_size: int
                               reshuffle_each_iteration=True).repeat()
         documents = raw.map(tokenizer_object.tokenize, num_parallel_calls=_AUTOTUNE,
                             deterministic=True)
-        rows = packing.pack(documents, sequence_length, flush=not training)
+        rows = packing.pack(documents, sequence_length, flush=not training,
+                            stride=None if training else eval_stride)
         if training:
             rows = rows.shuffle(shuffle_buffer, seed=seed + 1)
 

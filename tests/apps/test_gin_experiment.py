@@ -32,6 +32,8 @@ def test_parse_config_needs_a_model():
     ("Experiment.batch_size = 0", "Experiment.batch_size = 0"),
     ("Experiment.clip_norm = -1.0", "Experiment.clip_norm = -1.0"),
     ("Experiment.eval_every = 2.5", "Experiment.eval_every = 2.5"),
+    ("Experiment.eval_stride = 0", "Experiment.eval_stride = 0"),
+    ("Experiment.eval_stride = 100000", "Experiment.eval_stride = 100000: expected at most the sequence_length"),
     ("Experiment.learning_rate = 'fast'", "Experiment.learning_rate = 'fast'"),
 ])
 def test_bad_experiment_values_are_refused_naming_the_field(binding, named):

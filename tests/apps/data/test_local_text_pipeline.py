@@ -57,6 +57,25 @@ def test_evaluation_reproduces_the_split_bytes_exactly(text_dir, local_data_dir,
     assert len(batches) == math.ceil(math.ceil(real / LENGTH) / BATCH)
 
 
+def test_evaluation_with_a_stride_scores_the_split_bytes_once_with_context(text_dir, local_data_dir):
+    batches = list(_eval(text_dir, local_data_dir, "test", eval_stride=8).as_numpy_iterator())
+    expected = b"".join(_stored_documents(text_dir, local_data_dir, "test"))
+    rows = [(ids, weights) for b in batches for ids, weights in zip(b["token_ids"], b["weights"])]
+    scored = np.concatenate([ids[weights == 1] for ids, weights in rows])
+    assert scored.astype(np.uint8).tobytes() == expected
+    for ids, weights in rows[1:]:  # after the first window, only the last 8 of 32 bytes, with 24 before them
+        assert not weights[:LENGTH - 8].any()
+    units = data.evaluation_units("local_text", "test", data_dir=local_data_dir, local_text_dir=str(text_dir[0]))
+    assert sum(w.sum() for _, w in rows) == units["tokens"]
+
+
+def test_training_ignores_the_evaluation_stride(text_dir, local_data_dir):
+    plain = next(iter(_train(text_dir, local_data_dir)))
+    strided = next(iter(_train(text_dir, local_data_dir, eval_stride=8)))
+    np.testing.assert_array_equal(plain["token_ids"], strided["token_ids"])
+    assert float(np.min(strided["weights"])) == 1.0
+
+
 def test_evaluation_is_deterministic_and_finite(text_dir, local_data_dir):
     dataset = _eval(text_dir, local_data_dir, "validation")
     first = list(dataset.as_numpy_iterator())

@@ -96,6 +96,9 @@ def test_images_on_mock_data(tmp_path, name, split, shape, no_network):
         with pytest.raises(ValueError, match=f"{length} tokens"):
             data.make_dataset(name, split, sequence_length=1024, batch_size=2, training=False,
                               data_dir=str(tmp_path))
+        with pytest.raises(ValueError, match="eval_stride applies to text"):
+            data.make_dataset(name, split, sequence_length=length, batch_size=2, training=False,
+                              data_dir=str(tmp_path), eval_stride=length // 2)
     assert len(first) == 3  # 12 images in batches of 5: 5, 5, 2 + 3 zero rows
     for batch in first + training:
         _check_batch(batch, 5, length, 256)
