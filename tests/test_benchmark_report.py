@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from benchmarks import harness
-from benchmarks import report
+from benchmarks import report, report_format, report_plots, report_readme
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KERNELS = ("dense", "local", "routing_balanced", "routing_causal", "combiner_fixed", "combiner_logsparse",
@@ -121,7 +121,7 @@ def synthetic(tmp_path_factory):
     results_dir = str(root / "results")
     write_inputs(results_dir)
     readme = root / "README.md"
-    readme.write_text(README.format(start=report.README_START, end=report.README_END))
+    readme.write_text(README.format(start=report_readme.README_START, end=report_readme.README_END))
     return results_dir, run_report(results_dir, str(readme)), readme
 
 
@@ -186,8 +186,8 @@ def test_every_plot_is_a_png(synthetic):
 def test_readme_summary_replaces_only_the_marked_part(synthetic):
     _, _, readme = synthetic
     text = readme.read_text()
-    before, rest = text.split(report.README_START + "\n")
-    summary, after = rest.split(report.README_END)
+    before, rest = text.split(report_readme.README_START + "\n")
+    summary, after = rest.split(report_readme.README_END)
     assert before == "# Zoo\n\nIntro text.\n\n" and after == "\n\nText after.\n"
     assert "old summary" not in summary
     assert "[results/REPORT.md](results/REPORT.md)" in summary
@@ -211,7 +211,7 @@ def test_readme_without_markers_is_left_alone(tmp_path, capsys):
 
 def test_missing_inputs_say_how_to_measure_them(tmp_path):
     text = run_report(str(tmp_path))
-    for command in report.COMMANDS.values():
+    for command in report_format.COMMANDS.values():
         assert f"Not measured yet: run `{command}`." in text
     assert "Not drawn yet: run `python -m benchmarks.attention_maps`." in text
     assert not os.path.exists(tmp_path / "plots") or not os.listdir(tmp_path / "plots")
@@ -221,12 +221,12 @@ def test_reads_the_repository_results(tmp_path):
     results_dir = str(tmp_path / "results")
     shutil.copytree(harness.RESULTS_DIR, results_dir, ignore=shutil.ignore_patterns("plots", "REPORT.md"))
     text = run_report(results_dir)
-    present = [name for name in report.COMMANDS if os.path.exists(os.path.join(results_dir, name + ".json"))]
+    present = [name for name in report_format.COMMANDS if os.path.exists(os.path.join(results_dir, name + ".json"))]
     assert present, "no benchmark results in the repository"
     for name in present:
-        assert f"Not measured yet: run `{report.COMMANDS[name]}`." not in text
+        assert f"Not measured yet: run `{report_format.COMMANDS[name]}`." not in text
     assert len(os.listdir(os.path.join(results_dir, "plots"))) >= 1
 
 
 def test_moving_average_of_the_quality_curves():
-    assert report.moving_average([4.0, 2.0, 6.0, 0.0], 2) == [4.0, 3.0, 4.0, 3.0]
+    assert report_plots.moving_average([4.0, 2.0, 6.0, 0.0], 2) == [4.0, 3.0, 4.0, 3.0]
