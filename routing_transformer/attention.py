@@ -16,6 +16,10 @@ later token can push an earlier one out of a cluster. `routing="causal"` is this
 alternative (nearest-centroid membership, a sliding window over each cluster's members); see
 `routing_attention`.
 
+`membership="strided"` is the original's other balanced rule, used by its cluster-strided heads: a cluster
+takes every (length // window)-th token of its centroid's ranking, nearest first, instead of the `window`
+nearest. The layer also has the original's strided heads (`common.attention.strided_attention`).
+
 Differences from the original, on purpose: the scatter divides by the exact count (the original divides by
 count + 0.01, shrinking every output by 1/1.01); the causal mask compares positions, which equals the
 original's rank mask with `share_qk` and stays exactly causal without it (where the rank mask leaks).
@@ -28,9 +32,11 @@ for the backward pass (`common.attention.local.block_attention` recomputes the w
 import random
 
 import keras
+import numpy as np
 from keras import ops
 
-from common.attention import checks, get_decoder, get_kernel, local_attention, register_kernel, relative
+from common.attention import (checks, get_decoder, get_kernel, local_attention, register_kernel, relative,
+                              strided_attention)
 from common.attention.local import block_attention
 from common.kmeans import OnlineKMeans
 from common.layers import SelfAttention, layer_norm
@@ -67,11 +73,12 @@ def _gather(x, flat_index, shape):
 
 ROUTINGS = ("balanced", "causal")
 KEY_UPDATES = ("separate", "joint")
+MEMBERSHIPS = ("nearest", "strided")
 
 
 def routing_attention(q, k, v, *, window, centroids=None, hash_projection=None, causal=True, share_qk=True,
-                      routing="balanced", scale=1.0, relative_keys=None, relative_values=None, dropout_rate=0.0,
-                      seed=None, require_coverage=False):
+                      routing="balanced", membership="nearest", scale=1.0, relative_keys=None, relative_values=None,
+                      dropout_rate=0.0, seed=None, require_coverage=False):
     """Attention inside k-means clusters (or, with `hash_projection`, inside hash buckets).
 
     Args:
@@ -92,6 +99,10 @@ def routing_attention(q, k, v, *, window, centroids=None, hash_projection=None, 
         cluster and attends to itself and the `window - 1` previous members of that cluster (and the
         `window - 1` next ones when not causal); membership depends only on the token itself, so the model
         is strictly causal. Needs `share_qk`.
+      membership: with balanced routing, which `window` tokens a cluster takes from its centroid's ranking of
+        the sequence (nearest first): "nearest", the first `window` (the original's routing heads); "strided",
+        every (length // window)-th of the ranking, nearest included (the original's cluster-strided heads,
+        `sparsity_cluster_strided_num_heads`: "strided attention in the cluster space").
       scale: logits multiplier after the normalisation; 1.0 in the original.
       relative_keys, relative_values: Shaw tables [2m + 1, dim] over rank distances inside a cluster.
       dropout_rate, seed: dropout on the attention probabilities.
@@ -106,6 +117,7 @@ def routing_attention(q, k, v, *, window, centroids=None, hash_projection=None, 
         raise ValueError(f"unknown routing {routing!r}; choose one of {ROUTINGS}.")
     if routing == "causal" and not share_qk:
         raise ValueError("routing='causal' needs share_qk=True (queries and keys share one cluster order).")
+    check_membership(membership, routing)
     _check_routing_inputs(q, k, centroids, hash_projection, window, share_qk, require_coverage)
     k = q if share_qk else k
     checks.check_qkv(q, k, v)
@@ -125,7 +137,30 @@ def routing_attention(q, k, v, *, window, centroids=None, hash_projection=None, 
                    relative_values=relative_values, dropout_rate=dropout_rate, seed=seed)
     if routing == "causal":
         return _sorted_cluster_attention(queries, v, aux["query_assignment"], **options), aux
-    return _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, **options), aux
+    return _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, membership=membership,
+                                       **options), aux
+
+
+def check_membership(membership, routing):
+    if membership not in MEMBERSHIPS:
+        raise ValueError(f"unknown membership {membership!r}; choose one of {MEMBERSHIPS}.")
+    if membership == "strided" and routing != "balanced":
+        raise ValueError("membership='strided' picks from each centroid's ranking of the whole sequence: it needs "
+                         "routing='balanced'.")
+
+
+def cluster_members(scores, window, membership, slots=None):
+    """Positions of the `window` members of every cluster, sorted: [batch, heads, clusters, window], from the
+    scores [batch, heads, clusters, positions] (larger is nearer). "strided" takes every (slots // window)-th
+    of each ranking, `slots` being the sequence's length (default: the scores' last axis)."""
+    scores = ops.stop_gradient(scores)
+    if membership == "strided":
+        slots = ops.shape(scores)[-1] if slots is None else slots
+        ranking = ops.argsort(-scores, axis=-1)
+        members = ops.take(ranking, ops.arange(window) * ops.maximum(slots // window, 1), axis=-1)
+    else:
+        _, members = ops.top_k(scores, window, sorted=False)
+    return ops.sort(ops.cast(members, "int32"), axis=-1)
 
 
 def _flat_offsets(x):
@@ -147,8 +182,8 @@ def _scatter_mean(values, rows, like):
 
 
 def _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, *, window, causal, scale,
-                                relative_keys, relative_values, dropout_rate, seed):
-    """The original's routing: the top-`window` tokens of each cluster, attended inside the cluster."""
+                                relative_keys, relative_values, dropout_rate, seed, membership="nearest"):
+    """The original's routing: `window` tokens of each cluster's ranking, attended inside the cluster."""
     batch, heads = ops.shape(queries)[0], ops.shape(queries)[1]
     clusters = q_scores.shape[2]
     length = ops.shape(queries)[2]
@@ -163,13 +198,8 @@ def _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, 
         q_scores = ops.pad(q_scores, [[0, 0], [0, 0], [0, 0], [0, extra]])
         k_scores = q_scores if share_qk else ops.pad(k_scores, [[0, 0], [0, 0], [0, 0], [0, extra]])
 
-    def route(scores):
-        """Positions of the `window` members of every cluster, sorted: [batch, heads, clusters, window]."""
-        _, members = ops.top_k(ops.stop_gradient(scores), window, sorted=False)
-        return ops.sort(ops.cast(members, "int32"), axis=-1)
-
-    q_members = route(q_scores)
-    k_members = q_members if share_qk else route(k_scores)
+    q_members = cluster_members(q_scores, window, membership)
+    k_members = q_members if share_qk else cluster_members(k_scores, window, membership)
     offsets = _flat_offsets(queries)[..., None]
     cluster_shape = (batch, heads, clusters, window)
     q_rows, k_rows = q_members + offsets, k_members + offsets
@@ -211,20 +241,33 @@ def _sorted_cluster_attention(queries, v, assignment, *, window, causal, scale, 
     return _scatter_mean(sorted_out, rows, v)
 
 
+# The original's cluster-strided heads call its clustering helper with the helper's defaults, not the hparams:
+# keys of their own (share_qk off, so queries and keys make one EMA step each) and EMA decay 0.99.
+CLUSTER_STRIDED_DECAY = 0.99
+
+
 @keras.saving.register_keras_serializable(package="routing_transformer")
 class RoutingAttention(SelfAttention):
-    """The Routing Transformer's self-attention: `routing_heads` routing heads, then `local_heads` local heads.
+    """The Routing Transformer's self-attention: routing heads, cluster-strided heads, strided heads, then local
+    heads, in the order the original splits and concatenates them.
 
-    Heads are ordered routing first, local last, as the original splits and concatenates them. After the
-    heads, one d_head x d_head matrix shared by all heads is applied to each head (`head_projection`, the
-    original's per-head dense), then the output projection. Projections have no biases.
+    After the heads, one d_head x d_head matrix shared by all heads is applied to each head (`head_projection`,
+    the original's per-head dense), then the output projection. Projections have no biases.
 
     Args:
       local_heads, routing_heads: heads of each kind (either may be 0).
+      strided_heads: heads that attend to every `block_size`-th position before them
+        (`common.attention.strided_attention`; the original's `sparsity_strided_num_heads`, without relative
+        positions as its `sparsity_strided_relative` default).
+      cluster_strided_heads: routing heads whose clusters take every (length // window)-th token of the
+        centroid's ranking instead of the `window` nearest (the original's `sparsity_cluster_strided_num_heads`,
+        at most `routing_heads`, balanced routing only). They have their own k-means and, as the original's
+        helper defaults give them, their own keys (two EMA steps per batch, decay `CLUSTER_STRIDED_DECAY`) and
+        their own relative tables when `routing_relative`.
       key_dim, value_dim: per-head widths.
       num_clusters, window: k-means clusters and tokens per cluster of the routing heads.
       block_size, look_back: the local heads' query block and previous blocks seen (original: query_shape,
-        memory_flange / query_shape).
+        memory_flange / query_shape); `block_size` is also the strided heads' stride.
       share_qk: routing heads use the queries as keys.
       routing: "balanced" (the original's top-k membership) or "causal" (strictly causal); see
         `routing_attention`.
@@ -248,20 +291,27 @@ class RoutingAttention(SelfAttention):
                  block_size=256, look_back=1, share_qk=True, routing="balanced", causal=True,
                  max_relative_position=0,
                  local_relative=True, routing_relative=True, decay=0.999, beta=1e-4, key_update="separate",
-                 ema=True, hash_items=False, require_coverage=False, head_projection=True, dropout=0.0,
-                 kernel_initializer="glorot_uniform", output_initializer=None, output_dim=None, seed=None, **kwargs):
-        checks.check_positive_int("local_heads", local_heads, minimum=0)
-        checks.check_positive_int("routing_heads", routing_heads, minimum=0)
+                 ema=True, hash_items=False, require_coverage=False, head_projection=True, strided_heads=0,
+                 cluster_strided_heads=0, dropout=0.0, kernel_initializer="glorot_uniform", output_initializer=None,
+                 output_dim=None, seed=None, **kwargs):
+        for name, value in (("local_heads", local_heads), ("routing_heads", routing_heads),
+                            ("strided_heads", strided_heads), ("cluster_strided_heads", cluster_strided_heads)):
+            checks.check_positive_int(name, value, minimum=0)
         super().__init__(**dict(
-            kwargs, num_heads=local_heads + routing_heads, key_dim=key_dim, value_dim=value_dim, kernel="local",
-            kernel_options={"block_size": block_size, "look_back": look_back}, causal=causal, use_bias=False,
-            max_relative_position=max_relative_position if local_relative else 0, dropout=dropout,
-            kernel_initializer=kernel_initializer, output_initializer=output_initializer, output_dim=output_dim,
-            seed=seed))
+            kwargs, num_heads=local_heads + routing_heads + cluster_strided_heads + strided_heads, key_dim=key_dim,
+            value_dim=value_dim, kernel="local", kernel_options={"block_size": block_size, "look_back": look_back},
+            causal=causal, use_bias=False, max_relative_position=max_relative_position if local_relative else 0,
+            dropout=dropout, kernel_initializer=kernel_initializer, output_initializer=output_initializer,
+            output_dim=output_dim, seed=seed))
         if routing not in ROUTINGS:
             raise ValueError(f"unknown routing {routing!r}; choose one of {ROUTINGS}.")
         if key_update not in KEY_UPDATES:
             raise ValueError(f"unknown key_update {key_update!r}; choose one of {KEY_UPDATES}.")
+        if cluster_strided_heads > routing_heads:
+            raise ValueError(f"cluster_strided_heads ({cluster_strided_heads}) must be at most routing_heads "
+                             f"({routing_heads}), as in the original.")
+        if cluster_strided_heads:
+            check_membership("strided", routing)
         if routing_heads:
             checks.check_positive_int("num_clusters", num_clusters)
             checks.check_positive_int("window", window)
@@ -269,6 +319,8 @@ class RoutingAttention(SelfAttention):
                 hash_bits(num_clusters)
         self.local_heads = local_heads
         self.routing_heads = routing_heads
+        self.strided_heads = strided_heads
+        self.cluster_strided_heads = cluster_strided_heads
         self.num_clusters = num_clusters
         self.window = window
         self.block_size = block_size
@@ -290,19 +342,19 @@ class RoutingAttention(SelfAttention):
             self.hash_seed = seed if seed is not None else random.randrange(2**31)
         self.kmeans = OnlineKMeans(routing_heads, num_clusters, decay=decay, beta=beta, ema=ema, seed=seed,
                                    name="kmeans") if routing_heads and not hash_items else None
+        self.cluster_strided_kmeans = OnlineKMeans(
+            cluster_strided_heads, num_clusters, decay=CLUSTER_STRIDED_DECAY, beta=beta, ema=ema,
+            seed=None if seed is None else seed + 1, name="cluster_strided_kmeans") if cluster_strided_heads else None
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.routing_relative_keys = self.routing_relative_values = None
-        if self.routing_heads and self.routing_relative and self.routing_max_relative_position:
-            rows = 2 * self.routing_max_relative_position + 1
-            self.routing_relative_keys = self.add_weight(name="routing_relative_keys", shape=(rows, self.key_dim),
-                                                         initializer=fresh_initializer(self.kernel_initializer))
-            self.routing_relative_values = self.add_weight(name="routing_relative_values",
-                                                           shape=(rows, self.value_dim),
-                                                           initializer=fresh_initializer(self.kernel_initializer))
-        if self.kmeans is not None:
-            self.kmeans.build((None, self.routing_heads, None, self.key_dim))
+        self.routing_relative_keys, self.routing_relative_values = self._relative_tables("routing", self.routing_heads)
+        self.cluster_strided_relative_keys, self.cluster_strided_relative_values = self._relative_tables(
+            "cluster_strided", self.cluster_strided_heads)
+        for kmeans, heads in ((self.kmeans, self.routing_heads),
+                              (self.cluster_strided_kmeans, self.cluster_strided_heads)):
+            if kmeans is not None:
+                kmeans.build((None, heads, None, self.key_dim))
         self.hash_projection = None
         if self.routing_heads and self.hash_items:
             self.hash_projection = self.add_weight(
@@ -313,27 +365,46 @@ class RoutingAttention(SelfAttention):
             self.head_kernel = self.add_weight(name="head_kernel", shape=(self.value_dim, self.value_dim),
                                                initializer=fresh_initializer(self.kernel_initializer))
 
+    def _relative_tables(self, kind, heads):
+        """(keys, values) Shaw tables of one kind of routing heads, or (None, None)."""
+        if not (heads and self.routing_relative and self.routing_max_relative_position):
+            return None, None
+        rows = 2 * self.routing_max_relative_position + 1
+        return tuple(self.add_weight(name=f"{kind}_relative_{part}", shape=(rows, dim),
+                                     initializer=fresh_initializer(self.kernel_initializer))
+                     for part, dim in (("keys", self.key_dim), ("values", self.value_dim)))
+
+    @property
+    def head_groups(self):
+        """(kind, heads) of every kind present, in the original's order."""
+        groups = (("routing", self.routing_heads), ("cluster_strided", self.cluster_strided_heads),
+                  ("strided", self.strided_heads), ("local", self.local_heads))
+        return tuple((kind, heads) for kind, heads in groups if heads)
+
     @property
     def key_heads(self):
-        """With share_qk the routing heads use their queries as keys: only the local heads get key weights."""
-        return self.local_heads if self.share_qk else self.num_heads
+        """With share_qk the routing heads use their queries as keys: they get no key weights."""
+        return self.num_heads - (self.routing_heads if self.share_qk else 0)
 
     def split_heads(self, q, k, v):
-        """((q, k, v) of the routing heads, (q, k, v) of the local heads). With share_qk, k holds only the local
-        heads (see key_heads) and the routing heads' k is None."""
-        r = self.routing_heads
-        k_routing, k_local = (None, k) if self.share_qk else (k, k)
-        if not (r and self.local_heads):
-            return (q, k_routing, v), (q, k_local, v)
-        # One split per tensor: its gradient is a concatenation, where two slices would each scatter into a
-        # zero tensor of all heads.
-        (q_routing, q_local), (v_routing, v_local) = (ops.split(x, [r], axis=1) for x in (q, v))
-        if not self.share_qk:
-            k_routing, k_local = ops.split(k, [r], axis=1)
-        return (q_routing, k_routing, v_routing), (q_local, k_local, v_local)
+        """{kind: (q, k, v)} of each kind of heads (see `head_groups`); with share_qk the routing heads' k is None
+        and k holds only the other heads (see key_heads)."""
+        kinds, sizes = zip(*self.head_groups)
+
+        def split(x, sizes):
+            # One split per tensor: its gradient is a concatenation, where slices would each scatter into a
+            # zero tensor of all heads.
+            return ops.split(x, [int(n) for n in np.cumsum(sizes[:-1])], axis=1) if len(sizes) > 1 else [x]
+
+        qs, vs = split(q, sizes), split(v, sizes)
+        if self.share_qk and self.routing_heads:
+            ks = [None] + (split(k, sizes[1:]) if len(sizes) > 1 else [])
+        else:
+            ks = split(k, sizes)
+        return {kind: parts for kind, parts in zip(kinds, zip(qs, ks, vs))}
 
     def mix_heads(self, outputs):
-        """Concatenates the routing and local heads' outputs and applies the shared per-head matrix."""
+        """Concatenates the heads' outputs (in `head_groups` order) and applies the shared per-head matrix."""
         heads = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
         if self.head_kernel is not None:
             heads = ops.einsum("bhld,de->bhle", heads, self.head_kernel)
@@ -347,46 +418,50 @@ class RoutingAttention(SelfAttention):
                     share_qk=self.share_qk, routing=self.routing, relative_keys=self.routing_relative_keys,
                     relative_values=self.routing_relative_values, require_coverage=self.require_coverage)
 
+    def cluster_strided_options(self):
+        """The cluster-strided heads' kernel and decoder options (routing kernel, strided membership)."""
+        return dict(centroids=self.cluster_strided_kmeans.current_centroids(), window=self.window,
+                    causal=self.causal, share_qk=False, routing="balanced", membership="strided",
+                    relative_keys=self.cluster_strided_relative_keys,
+                    relative_values=self.cluster_strided_relative_values, require_coverage=self.require_coverage)
+
+    def strided_options(self):
+        return dict(stride=self.block_size, causal=self.causal)
+
     def attend_heads(self, q, k, v, training=None):
-        """The mixed heads and the routing kernel's aux (None without routing heads); no loss, no k-means update."""
-        (q_routing, k_routing, v_routing), (q_local, k_local, v_local) = self.split_heads(q, k, v)
-        outputs, aux = [], None
-        if self.routing_heads:
-            dropout = dict(dropout_rate=self.dropout, seed=self.seed_generator) if training and self.dropout else {}
-            routed, aux = routing_attention(q_routing, k_routing, v_routing, **self.routing_options(), **dropout)
-            outputs.append(routed)
-        if self.local_heads:
-            outputs.append(get_kernel("local")(q_local, k_local, v_local, **self.kernel_arguments(training)))
-        return self.mix_heads(outputs), aux
+        """The mixed heads and {kind: routing kernel's aux} of the routed kinds; no loss, no k-means update."""
+        dropout = dict(dropout_rate=self.dropout, seed=self.seed_generator) if training and self.dropout else {}
+        outputs, auxes = [], {}
+        for kind, (q_kind, k_kind, v_kind) in self.split_heads(q, k, v).items():
+            if kind in ("routing", "cluster_strided"):
+                options = self.routing_options() if kind == "routing" else self.cluster_strided_options()
+                out, auxes[kind] = routing_attention(q_kind, k_kind, v_kind, **options, **dropout)
+            elif kind == "strided":
+                out = strided_attention(q_kind, k_kind, v_kind, **self.strided_options(), **dropout)
+            else:
+                out = get_kernel("local")(q_kind, k_kind, v_kind, **self.kernel_arguments(training))
+            outputs.append(out)
+        return self.mix_heads(outputs), auxes
 
     def attend(self, q, k, v, training=None):
-        heads, aux = self.attend_heads(q, k, v, training)
-        if aux is not None and self.kmeans is not None:
+        heads, auxes = self.attend_heads(q, k, v, training)
+        for kind, kmeans, share_qk, key_update in (
+                ("routing", self.kmeans, self.share_qk, self.key_update),
+                ("cluster_strided", self.cluster_strided_kmeans, False, "separate")):
+            if kind not in auxes or kmeans is None:
+                continue
+            aux = auxes[kind]
             # As the original: one term for the queries and one for the keys (twice the same with share_qk,
             # computed once).
-            query_loss = self.kmeans.commitment_loss(aux["queries"], aux["query_assignment"])
-            key_loss = (query_loss if self.share_qk else
-                        self.kmeans.commitment_loss(aux["keys"], aux["key_assignment"]))
+            query_loss = kmeans.commitment_loss(aux["queries"], aux["query_assignment"])
+            key_loss = query_loss if share_qk else kmeans.commitment_loss(aux["keys"], aux["key_assignment"])
             self.add_loss(query_loss + key_loss)
             if training:
-                self.update_centroids(aux)
+                update_centroids(kmeans, aux, share_qk, key_update)
         return heads
 
-    def update_centroids(self, aux):
-        """The k-means step(s) of a training batch: from the queries, and with share_qk=False from the keys too
-        (see `key_update`). Assignments are those the routing used (the centroids before this batch)."""
-        queries, query_assignment = aux["queries"], aux["query_assignment"]
-        if self.share_qk:
-            self.kmeans.update(queries, query_assignment)
-        elif self.key_update == "joint":
-            self.kmeans.update(ops.concatenate([queries, aux["keys"]], axis=2),
-                               ops.concatenate([query_assignment, aux["key_assignment"]], axis=2))
-        else:
-            self.kmeans.update(queries, query_assignment)
-            self.kmeans.update(aux["keys"], aux["key_assignment"])
-
     def summaries(self):
-        """The largest and smallest EMA cluster fractions of the k-means (none with hashing)."""
+        """The largest and smallest EMA cluster fractions of the routing heads' k-means (none with hashing)."""
         if self.kmeans is None:
             return {}
         counts = ops.convert_to_tensor(self.kmeans.ema_count)
@@ -394,46 +469,66 @@ class RoutingAttention(SelfAttention):
         return {"routing/largest_cluster_fraction": ops.max(fractions),
                 "routing/smallest_cluster_fraction": ops.min(fractions)}
 
-    # Incremental decoding: the routing heads use the "routing" decoder (`routing_transformer.decoding`), the
-    # local heads the local one; centroids never move (no k-means update outside training).
+    # Incremental decoding: routing and cluster-strided heads use the "routing" decoder
+    # (`routing_transformer.decoding`), strided and local heads common's; centroids never move (no k-means
+    # update outside training).
 
     def attend_prompt(self, x, q, k, v):
         """The prompt's heads without the commitment loss, which outside `__call__` would stay in `self.losses`
         (a dead symbolic tensor once traced)."""
         return self.attend_heads(q, k, v)[0]
 
+    def _decoders(self):
+        """{kind: (decoder name, its options)}."""
+        return {"routing": ("routing", self.routing_options),
+                "cluster_strided": ("routing", self.cluster_strided_options),
+                "strided": ("strided", self.strided_options), "local": ("local", self.decoding_arguments)}
+
     def start_cache(self, x, q, k, v, cache_length):
-        routing, local = self.split_heads(q, k, v)
+        decoders = self._decoders()
         cache = {}
-        if self.routing_heads:
-            start, _ = get_decoder("routing")
-            cache["routing"] = start(x, *routing, cache_length, **self.routing_options())
-        if self.local_heads:
-            cache["local"] = super().start_cache(x, *local, cache_length)
+        for kind, heads in self.split_heads(q, k, v).items():
+            name, options = decoders[kind]
+            start, _ = get_decoder(name)
+            cache[kind] = start(x, *heads, cache_length, **options())
         return cache
 
     def attend_next(self, x, q, k, v, cache, position):
-        routing, local = self.split_heads(q, k, v)
+        decoders = self._decoders()
         outputs, new_cache = [], {}
-        if self.routing_heads:
-            _, step = get_decoder("routing")
-            out, new_cache["routing"] = step(x, *routing, cache["routing"], position, **self.routing_options())
-            outputs.append(out)
-        if self.local_heads:
-            out, new_cache["local"] = super().attend_next(x, *local, cache["local"], position)
+        for kind, heads in self.split_heads(q, k, v).items():
+            name, options = decoders[kind]
+            _, step = get_decoder(name)
+            out, new_cache[kind] = step(x, *heads, cache[kind], position, **options())
             outputs.append(out)
         return self.mix_heads(outputs), new_cache
 
     def get_config(self):
         config = super().get_config()
         config.update(local_heads=self.local_heads, routing_heads=self.routing_heads,
+                      strided_heads=self.strided_heads, cluster_strided_heads=self.cluster_strided_heads,
                       num_clusters=self.num_clusters, window=self.window, block_size=self.block_size,
                       look_back=self.look_back, share_qk=self.share_qk, routing=self.routing,
                       max_relative_position=self.routing_max_relative_position,
                       local_relative=self.local_relative, routing_relative=self.routing_relative,
                       decay=self.decay, beta=self.beta, key_update=self.key_update, ema=self.ema,
-                      hash_items=self.hash_items, require_coverage=self.require_coverage, head_projection=self.head_projection)
+                      hash_items=self.hash_items, require_coverage=self.require_coverage,
+                      head_projection=self.head_projection)
         return config
+
+
+def update_centroids(kmeans, aux, share_qk, key_update):
+    """The k-means step(s) of a training batch: from the queries, and with share_qk=False from the keys too
+    (see `key_update`). Assignments are those the routing used (the centroids before this batch)."""
+    queries, query_assignment = aux["queries"], aux["query_assignment"]
+    if share_qk:
+        kmeans.update(queries, query_assignment)
+    elif key_update == "joint":
+        kmeans.update(ops.concatenate([queries, aux["keys"]], axis=2),
+                      ops.concatenate([query_assignment, aux["key_assignment"]], axis=2))
+    else:
+        kmeans.update(queries, query_assignment)
+        kmeans.update(aux["keys"], aux["key_assignment"])
 
 
 def _routing_kernel(q, k, v, **options):

@@ -21,7 +21,9 @@ every step (its future positions blanked), a step reads the cached scores of eve
 (centroids do not move at inference), blanks the slots after `position`, takes each cluster's top `window`,
 and attends the new token, in every cluster it belongs to, to that cluster's members (ranks and relative
 distances as in the full kernel), averaging over those clusters; a token in no cluster gets zeros. The cache
-keeps every position's normalised key, value and scores (the query scores too without `share_qk`). Cost per
+keeps every position's normalised key, value and scores (the query scores too without `share_qk`). With
+`membership="strided"` (cluster-strided heads) a cluster takes every (cache_length // window)-th slot of that
+ranking, blanked slots last, as the original's fast decoding ranks the whole cache. Cost per
 token: O(cache_length x clusters) to read the scores and pick the members, which membership over the whole
 prefix needs, plus O(clusters x window x dim) attention; never a position x position tensor. Every shape is
 fixed by the cache, so a step compiles (XLA, jax.jit).
@@ -58,13 +60,15 @@ from keras import ops
 from common import kv_cache
 from common.attention.decoding import attend_gathered, register_decoder, require_causal
 from common.layers import layer_norm
+from routing_transformer.attention import check_membership, cluster_members
 from routing_transformer.routing_scores import cluster_scores, num_routing_clusters
 
 
-def _check(routing, share_qk, causal):
+def _check(routing, share_qk, causal, membership="nearest"):
     require_causal(causal, "routing")
     if routing not in ("balanced", "causal"):
         raise ValueError(f"unknown routing {routing!r}; choose 'balanced' or 'causal'.")
+    check_membership(membership, routing)
     if routing == "causal" and not share_qk:
         raise ValueError("routing='causal' needs share_qk=True (queries and keys share one cluster order).")
 
@@ -138,12 +142,13 @@ def _prompt_windows(assignment, clusters, window, cache_length):
 
 
 def step(x, q, k, v, cache, position, *, window, routing="balanced", share_qk=True, centroids=None,
-         hash_projection=None, causal=True, scale=1.0, relative_keys=None, relative_values=None, **unused_options):
+         hash_projection=None, causal=True, scale=1.0, relative_keys=None, relative_values=None, membership="nearest",
+         **unused_options):
     """The routing heads at `position`: q, k (None with share_qk), v [batch, heads, 1, dim] of the new token.
 
     Returns (out [batch, heads, 1, value_dim], cache); see the module docstring for what it equals and costs.
     """
-    _check(routing, share_qk, causal)
+    _check(routing, share_qk, causal, membership)
     heads = q.shape[1]
     num_rows = ops.shape(q)[0] * heads
     rows = ops.reshape(ops.arange(num_rows, dtype="int32"), (-1, heads))
@@ -159,7 +164,7 @@ def step(x, q, k, v, cache, position, *, window, routing="balanced", share_qk=Tr
     cache["key_scores"] = kv_cache.write(cache["key_scores"], position, key_scores[:, :, None])
     if not share_qk:
         cache["query_scores"] = kv_cache.write(cache["query_scores"], position, query_scores[:, :, None])
-    return _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, options)
+    return _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, membership, options)
 
 
 def _causal_step(queries, scores, cache, position, rows, num_rows, window, options):
@@ -183,20 +188,22 @@ def _causal_step(queries, scores, cache, position, rows, num_rows, window, optio
     return out, cache
 
 
-def _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, options):
-    """Top-`window` membership over the cached scores of 0 .. position (later slots blanked); the new token
+def _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, membership, options):
+    """Membership over the cached scores of 0 .. position (later slots blanked, ranked last); the new token
     attends inside every cluster it is a query member of, to that cluster's key members, and the results are
     averaged."""
 
     def members(name):
-        """Every cluster's `window` top slots, sorted [batch, heads, clusters, window]: the members (slots
-        0 .. position), then blanked slots, which only a prefix shorter than `window` reaches (every cluster
-        then holds every token). `window` blank columns keep top_k defined on a shorter cache."""
+        """Every cluster's `window` slots of its ranking (the top ones, or with membership="strided" every
+        (cache_length // window)-th, as a full pass over the cache's length picks them), sorted [batch, heads,
+        clusters, window]: members (slots 0 .. position) and blanked slots, which a pick reaches when fewer
+        tokens than it needs are there yet. `window` blank columns keep the pick defined on a shorter cache."""
         scores = ops.transpose(kv_cache.read_all(cache[name]), (0, 1, 3, 2))
-        later = ops.arange(ops.shape(scores)[-1], dtype="int32") > position
+        slots = ops.shape(scores)[-1]
+        later = ops.arange(slots, dtype="int32") > position
         blank = ops.full_like(scores[..., :1], float("-inf"))
         scores = ops.concatenate([ops.where(later, blank, scores), ops.repeat(blank, window, axis=-1)], axis=-1)
-        return ops.sort(ops.top_k(scores, window, sorted=False)[1], axis=-1)
+        return cluster_members(scores, window, membership, slots=slots)
 
     key_members = members("key_scores")
     query_members = key_members if share_qk else members("query_scores")

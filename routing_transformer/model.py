@@ -6,7 +6,9 @@ biases (ReLU with biases for the image configs), no absolute positions (relative
 `position_axes` is given), an embedding size that may differ from the hidden size with dense maps on both
 sides, an untied output layer with bias, `variance_scaling(0.2, fan_avg, uniform)` initialisation, and
 per-layer attention: the first `skip_first` layers use local heads only (local + routing heads count), the
-others `local_heads` local heads plus `routing_heads` routing heads. Options of the released hparams:
+others `local_heads` local heads plus `routing_heads` routing heads; `strided_heads` and `cluster_strided_heads`
+(the original's `sparsity_strided_num_heads` and `sparsity_cluster_strided_num_heads`) are in every layer, as
+the original passes them to every layer. Options of the released hparams:
 `target_dropout` (text) and `channel_embeddings` (the image model `SparseImagetransformer`).
 
 The decoder input follows `prepare_decoder` and `transformer_decoder_layers`: embeddings, dropout
@@ -40,7 +42,9 @@ class RoutingTransformerLM(DecoderLM):
     `memory_flange / query_shape`). With `share_qk=False`, `key_update` says whether keys make a k-means step
     of their own ("separate", the original) or share the queries' ("joint"). `ema=False` trains the centroids
     by gradient instead of the k-means EMA, and `hash_items=True` routes by random-projection hashing into
-    `num_clusters` buckets instead (the original's LSH baseline; see `RoutingAttention`). `mixed_precision` computes in
+    `num_clusters` buckets instead (the original's LSH baseline; see `RoutingAttention`). `strided_heads` attend
+    to every `block_size`-th earlier position; `cluster_strided_heads` (at most `routing_heads`, balanced routing)
+    are routing heads whose clusters take every (length // window)-th token of a centroid's ranking. `mixed_precision` computes in
     bfloat16 with float32 variables, k-means state, softmax and logits.
 
     `target_dropout` replaces input ids by 0 in training (see `DecoderLM`; wikitext-103 uses 0.25).
@@ -59,13 +63,16 @@ class RoutingTransformerLM(DecoderLM):
                  key_update="separate", ema=True, hash_items=False, require_coverage=False, position_axes=None,
                  channel_embeddings=False,
                  initializer=None, mixed_precision=False, seed=None, embedding_dropout=0.0,
-                 project_embeddings=False, **kwargs):
-        num_heads = local_heads + routing_heads
+                 project_embeddings=False, strided_heads=0, cluster_strided_heads=0, **kwargs):
+        num_heads = local_heads + routing_heads + strided_heads + cluster_strided_heads
         if num_heads < 1 or hidden_dim % num_heads:
-            raise ValueError(f"hidden_dim {hidden_dim} must be divisible by local_heads + routing_heads = "
-                             f"{num_heads} (> 0).")
+            raise ValueError(f"hidden_dim {hidden_dim} must be divisible by the number of heads (local + routing + "
+                             f"strided + cluster-strided) = {num_heads} (> 0).")
         if not 0 <= skip_first <= num_layers:
             raise ValueError(f"skip_first must be in [0, num_layers={num_layers}]; got {skip_first}.")
+        if cluster_strided_heads and skip_first:
+            raise ValueError("cluster_strided_heads need routing heads in every layer, and the first skip_first "
+                             "layers have none (the original fails its assert there): set skip_first = 0.")
         initializer = keras.initializers.get(initializer or default_initializer())
         ffn_use_bias = ffn_activation != "geglu" if ffn_use_bias is None else ffn_use_bias
         if mixed_precision:
@@ -82,12 +89,14 @@ class RoutingTransformerLM(DecoderLM):
             target_dropout=target_dropout, norm_epsilon=norm_epsilon, decay=decay, beta=beta,
             key_update=key_update, ema=ema, hash_items=hash_items, require_coverage=require_coverage,
             position_axes=list(position_axes) if position_axes else None, channel_embeddings=channel_embeddings,
-            initializer=keras.initializers.serialize(initializer), mixed_precision=mixed_precision, seed=seed)
+            initializer=keras.initializers.serialize(initializer), mixed_precision=mixed_precision, seed=seed,
+            strided_heads=strided_heads, cluster_strided_heads=cluster_strided_heads)
         attention = []
         for i in range(num_layers):
             layer_routing_heads = routing_heads if i >= skip_first else 0
             attention.append(RoutingAttention(
-                local_heads=num_heads - layer_routing_heads, routing_heads=layer_routing_heads,
+                local_heads=local_heads + routing_heads - layer_routing_heads, routing_heads=layer_routing_heads,
+                strided_heads=strided_heads, cluster_strided_heads=cluster_strided_heads,
                 key_dim=hidden_dim // num_heads,
                 num_clusters=num_clusters, window=window, block_size=block_size, look_back=look_back,
                 share_qk=share_qk, routing=routing, max_relative_position=max_relative_position,

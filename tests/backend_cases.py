@@ -31,6 +31,9 @@ KERNEL_CASES = {
     "routing_hashing": ("routing", dict(hash_projection=np.linalg.qr(
         np.random.default_rng(4).standard_normal((HEADS, DIM, 2)))[0].transpose(0, 2, 1).astype("float32"),
         window=8)),
+    "routing_cluster_strided": ("routing", dict(centroids=_centroids(5, 4), window=8, share_qk=False,
+                                                membership="strided")),
+    "strided": ("strided", dict(stride=8)),
     "sparse_fixed": ("sparse", dict(pattern="fixed", stride=8, summary=2)),
     "sparse_local_strided": ("sparse", dict(pattern="local+strided", stride=8)),
     "combiner_fixed": ("combiner", dict(variant="fixed", segment_length=8)),
@@ -42,9 +45,9 @@ SHARED_KEYS = {"routing"}  # kernels that take k = None (keys are the queries) u
 # Every kernel decodes on any backend: a decoded row is the full pass's row, except in balanced routing, where it
 # is the row of a full pass over its prefix (membership depends on later tokens), so there both backends'
 # decoding is compared.
-DECODED_CASES = ("dense_causal", "local", "sparse_fixed", "sparse_local_strided", "routing_causal",
+DECODED_CASES = ("dense_causal", "local", "strided", "sparse_fixed", "sparse_local_strided", "routing_causal",
                  "combiner_fixed", "combiner_logsparse", "combiner_axial", "combiner_mixture")
-DECODED_ACROSS_BACKENDS = ("routing_balanced", "routing_unshared_keys", "routing_hashing")
+DECODED_ACROSS_BACKENDS = ("routing_balanced", "routing_unshared_keys", "routing_hashing", "routing_cluster_strided")
 PROMPT = 11  # decoded cases: positions 0 .. PROMPT - 1 are the prompt, the rest are decoded one at a time
 
 

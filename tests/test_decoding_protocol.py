@@ -30,7 +30,7 @@ def test_every_kernel_decodes_through_one_signature(kernel):
 
 
 def test_every_registered_kernel_is_one_of_the_zoo_s():
-    assert kernel_names() == ["combiner", "dense", "local", "routing", "sparse"]
+    assert kernel_names() == ["combiner", "dense", "local", "routing", "sparse", "strided"]
 
 
 @pytest.mark.parametrize("layer", [routing_transformer.RoutingAttention, sparse_transformer.SparseAttention,

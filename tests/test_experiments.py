@@ -112,6 +112,8 @@ BOUND_OPTIONS = {
     "routing_transformer/imagenet64.gin": dict(channel_embeddings=True, position_axes=[64, 64, 3], block_size=256,
                                                look_back=1, dropout=0.3),
     "routing_transformer/enwik8_8k.gin": dict(target_dropout=0.0, channel_embeddings=False, project_embeddings=True),
+    "routing_transformer/imagenet64_cluster_strided.gin": dict(local_heads=6, routing_heads=5, cluster_strided_heads=5,
+                                                               strided_heads=0, routing="balanced"),
     "combiner/cifar10_axial.gin": dict(qk_ratio=0.5, ffn_dim=512),
     "combiner/imagenet64_axial.gin": dict(qk_ratio=1.0),
 }
@@ -164,9 +166,12 @@ def _shrink(path, root):
     family = path.split(os.sep)[0]
     if family == "routing_transformer":
         routing = gin.query_parameter("RoutingTransformerLM.routing_heads") > 0
+        heads = dict(local_heads=1 if routing else 2, routing_heads=1 if routing else 0,
+                     skip_first=1 if routing else 0)
+        if "RoutingTransformerLM.cluster_strided_heads" in gin.config_str():  # every layer routes, one of each
+            heads = dict(local_heads=2, routing_heads=1, cluster_strided_heads=1, skip_first=0)
         params += [f"RoutingTransformerLM.{k} = {v!r}" for k, v in dict(
-            num_layers=2, hidden_dim=32, ffn_dim=64, local_heads=1 if routing else 2,
-            routing_heads=1 if routing else 0, skip_first=1 if routing else 0, num_clusters=2,
+            num_layers=2, hidden_dim=32, ffn_dim=64, **heads, num_clusters=2,
             window=length // 2, block_size=64, max_relative_position=128).items()]
         params.append("RoutingTransformerLM.embedding_dim = 16")
     elif family == "sparse_transformer":

@@ -29,11 +29,16 @@ def _effective(q, centroids, window, **options):
     return effective_matrix(routing_attention, q, None, centroids=tf.constant(centroids), window=window, **options)
 
 
-def _np_members(q, centroids, window):
+def _np_members(q, centroids, window, membership="nearest"):
     """members[b][h][c]: sorted positions of the `window` tokens nearest (dot product of layer_norm(q))
-    to centroid c; asserts the top-k is unambiguous."""
+    to centroid c, or with membership="strided" of every (length // window)-th of that ranking; asserts the
+    ranking is unambiguous."""
     scores = np.einsum("bhld,hcd->bhcl", _np_layer_norm(q), np.asarray(centroids, np.float64))
     order = np.argsort(-scores, axis=-1, kind="stable")
+    if membership == "strided":
+        ranked = np.take_along_axis(scores, order, -1)
+        assert (ranked[..., :-1] - ranked[..., 1:]).min() > 1e-6, "ambiguous ranking in the test input"
+        return np.sort(order[..., ::max(scores.shape[-1] // window, 1)][..., :window], axis=-1)
     if window < scores.shape[-1]:
         gap = (np.take_along_axis(scores, order[..., window - 1:window], -1) -
                np.take_along_axis(scores, order[..., window:window + 1], -1))
@@ -41,11 +46,12 @@ def _np_members(q, centroids, window):
     return np.sort(order[..., :window], axis=-1)
 
 
-def _np_routing(q, v, centroids, window, relative_keys=None, relative_values=None, causal=True):
+def _np_routing(q, v, centroids, window, relative_keys=None, relative_values=None, causal=True,
+                membership="nearest"):
     """Numpy float64 reference of balanced routing attention with share_qk."""
     qn = _np_layer_norm(q)
     v = np.asarray(v, np.float64)
-    members = _np_members(q, centroids, window)
+    members = _np_members(q, centroids, window, membership)
     batch, heads, length, _ = q.shape
     total = np.zeros(v.shape)
     count = np.zeros((batch, heads, length))
@@ -399,3 +405,28 @@ def test_no_length_by_length_tensor():
     # The check itself sees a length x length tensor where there is one.
     dense = tf.function(lambda: dense_attention(q, q, v))
     assert _large_dims(dense, length) != []
+
+
+@pytest.mark.parametrize("length, window", [(24, 5), (24, 6), (20, 8)])
+def test_strided_membership_takes_every_stride_th_of_each_ranking(length, window):
+    """The original's cluster-strided heads: each cluster takes ranks 0, s, 2s, ... (s = length // window) of
+    its centroid's ranking, nearest first; attention inside clusters, relative ranks and averaging as usual."""
+    rng = np.random.default_rng(11)
+    q, v = _normal(rng, 2, 2, length, 8), _normal(rng, 2, 2, length, 6)
+    centroids = _normal(rng, 2, 3, 8)
+    rel_k, rel_v = 0.3 * _normal(rng, 7, 8), 0.3 * _normal(rng, 7, 6)
+    got = routing_attention(tf.constant(q), None, tf.constant(v), centroids=tf.constant(centroids), window=window,
+                            membership="strided", relative_keys=tf.constant(rel_k), relative_values=tf.constant(rel_v))
+    want, members, count = _np_routing(q, v, centroids, window, rel_k, rel_v, membership="strided")
+    np.testing.assert_allclose(got[0].numpy(), want, **TOL)
+    # Not the nearest tokens: the picks spread over the whole ranking (its last pick is rank (window - 1) x s).
+    assert not np.array_equal(members, _np_members(q, centroids, window))
+    assert (count == 0).any() and (count > 0).any()
+
+
+def test_strided_membership_needs_balanced_routing():
+    q = tf.zeros((1, 1, 8, 4))
+    with pytest.raises(ValueError, match="membership='strided' .* needs routing='balanced'"):
+        routing_attention(q, None, q, centroids=tf.ones((1, 2, 4)), window=4, routing="causal", membership="strided")
+    with pytest.raises(ValueError, match="unknown membership 'farthest'"):
+        routing_attention(q, None, q, centroids=tf.ones((1, 2, 4)), window=4, membership="farthest")

@@ -67,7 +67,7 @@ def test_keys_make_a_kmeans_step_of_their_own_unless_joint(key_update):
     layer = RoutingAttention(local_heads=2, routing_heads=2,
                              **dict(BASE, share_qk=False, key_update=key_update, decay=decay))
     layer(x)
-    (q, k, v), _ = layer.split_heads(*layer.project_heads(tf.constant(x)))
+    q, k, v = layer.split_heads(*layer.project_heads(tf.constant(x)))["routing"]
     _, aux = routing_attention(q, k, v, **layer.routing_options())
     reference = OnlineKMeans(2, 2, decay=decay)
     reference.build(q.shape)
