@@ -8,7 +8,7 @@ TORCH_VENV := .venv-torch
 TORCH_STAMP := $(TORCH_VENV)/.installed
 
 .PHONY: install test test-fast demo reproduce bench bench-setup bench-attention bench-routing bench-families \
-	bench-quality bench-maps bench-report clean
+	bench-quality bench-maps bench-report device-wheels clean
 
 install: $(STAMP)
 
@@ -31,6 +31,15 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" tests
+
+# The wheels benchmarks/device_check.sh installs on the GPU machine (Python 3.12, JAX, no network): Keras, gin and
+# their dependencies beyond what JAX brings (numpy and ml_dtypes come with it).
+DEVICE_WHEELS := keras==3.15.1 gin-config==0.5.0 absl-py==2.5.1 h5py==3.14.0 namex==0.1.0 optree==0.20.0 \
+	packaging==26.4 rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 Pygments==2.21.0 typing_extensions==4.16.0
+device-wheels: install
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --dest benchmarks/device_wheels $(DEVICE_WHEELS)
 
 # The PyTorch peer (lucidrains' routing-transformer) lives in its own environment.
 # The CPU build of torch comes from the PyTorch index (or a local wheel mirror pip is configured with).
