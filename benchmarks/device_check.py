@@ -152,7 +152,7 @@ def run_cases(lengths, families, width, repeats, budget_s, device):
     start, records = time.time(), []
     for length, name in plan:
         kind = "family" if name in families else "kernel"
-        if time.time() - start > budget_s:
+        if records and time.time() - start > budget_s:  # the first case always runs
             records.append({"case": name, "kind": kind, "length": length, "status": "not run (budget spent)"})
             continue
         try:
@@ -176,8 +176,19 @@ def report(records, width, device_name, command, date):
     lengths = sorted({r["length"] for r in records})
     dense = {r["length"]: r for r in records if r["case"] == "dense" and r["status"] == "ok"}
 
-    def cell(record, text):
-        return text if record["status"] == "ok" else record["status"]
+    def row_cells(name, text_of):
+        """One table row's cells: `text_of(record)` where the case ran, its status where not."""
+        cells = []
+        for length in lengths:
+            r = next((r for r in records if (r["case"], r["length"]) == (name, length)), None)
+            cells.append("" if r is None else text_of(r) if r["status"] == "ok" else r["status"])
+        return cells
+
+    def kernel_text(r):
+        base = dense.get(r["length"])
+        ratio = f", {base['seconds'] / r['seconds']:.2f}x dense" if base and r["case"] != "dense" else ""
+        memory = f", {r['peak_bytes'] / 2**20:,.0f} MiB" if r.get("peak_bytes") else ""
+        return f"{1000 * r['seconds']:,.1f} ms{ratio}{memory}"
 
     lines = ["# The zoo on an accelerator (Keras' JAX backend, no TensorFlow)", "",
              f"- Device: {device_name}; JAX {jax.__version__}, Keras {keras.__version__}, Python "
@@ -188,28 +199,13 @@ def report(records, width, device_name, command, date):
              "## Attention kernels, forward + backward", "",
              "| kernel | " + " | ".join(f"{n:,}" for n in lengths) + " |",
              "| --- |" + " ---: |" * len(lengths)]
-    kernels = list(dict.fromkeys(r["case"] for r in records if r["kind"] == "kernel"))
-    for name in kernels:
-        cells = []
-        for length in lengths:
-            r = next((r for r in records if (r["case"], r["length"]) == (name, length)), None)
-            if r is None:
-                cells.append("")
-                continue
-            base = dense.get(length)
-            ratio = f", {base['seconds'] / r['seconds']:.2f}x dense" if base and name != "dense" else ""
-            memory = f", {r['peak_bytes'] / 2**20:,.0f} MiB" if r.get("peak_bytes") else ""
-            cells.append(cell(r, f"{1000 * r.get('seconds', 0):,.1f} ms{ratio}{memory}"))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name in dict.fromkeys(r["case"] for r in records if r["kind"] == "kernel"):
+        lines.append(f"| {name} | " + " | ".join(row_cells(name, kernel_text)) + " |")
     lines += ["", "## One training step of each family", "",
               "| family | " + " | ".join(f"{n:,}" for n in lengths) + " |",
               "| --- |" + " ---: |" * len(lengths)]
     for name in dict.fromkeys(r["case"] for r in records if r["kind"] == "family"):
-        cells = []
-        for length in lengths:
-            r = next((r for r in records if (r["case"], r["length"]) == (name, length)), None)
-            cells.append("" if r is None else cell(r, f"{r.get('tokens_per_s', 0):,.0f} tokens/s, "
-                                                        f"loss {r.get('loss', 0):.2f}"))
+        cells = row_cells(name, lambda r: f"{r['tokens_per_s']:,.0f} tokens/s, loss {r['loss']:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

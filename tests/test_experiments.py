@@ -54,7 +54,8 @@ def _expected_dataset(path):
 def test_the_issue_experiments_exist():
     expected = {
         "routing_transformer": {"enwik8_8k", "enwik8_12k", "wikitext103_4k", "pg19_8k", "imagenet64", "cifar10",
-                                "enwik8_local_8k", "wikitext103_local_4k", "pg19_local_8k", "wikitext103_hash_4k"},
+                                "enwik8_local_8k", "wikitext103_local_4k", "pg19_local_8k", "wikitext103_hash_4k",
+                                "imagenet64_cluster_strided"},
         "sparse_transformer": {"enwik8", "cifar10", "imagenet64"},
         "combiner": {f"{data}_6l_{variant}" for data in ("cifar10", "imagenet64")
                      for variant in ("fixed", "logsparse", "axial", "mixture")}
