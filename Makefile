@@ -27,10 +27,10 @@ reproduce: install
 	$(PY) -m benchmarks.reproduce
 
 test: install
-	$(PY) -m pytest -n 2 --dist loadgroup --durations=30 tests
+	$(PY) -m pytest -n 2 --dist loadfile --durations=30 tests
 
 test-fast: install
-	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow" tests
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" tests
 
 # The wheels benchmarks/device_check.sh installs on the GPU machine (Python 3.12, JAX, no network): Keras, gin and
 # their dependencies beyond what JAX brings (numpy and ml_dtypes come with it).
