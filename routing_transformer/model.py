@@ -45,7 +45,9 @@ class RoutingTransformerLM(DecoderLM):
     `num_clusters` buckets instead (the original's LSH baseline; see `RoutingAttention`). `strided_heads` attend
     to every `block_size`-th earlier position; `cluster_strided_heads` (at most `routing_heads`, balanced routing)
     are routing heads whose clusters take every (length // window)-th token of a centroid's ranking. `mixed_precision` computes in
-    bfloat16 with float32 variables, k-means state, softmax and logits.
+    bfloat16 with float32 variables, k-means state, softmax and logits. `keep_attention_weights` keeps the local
+    and routing heads' attention weights for the backward pass instead of recomputing them (faster, for more
+    memory: for short contexts; see `RoutingAttention`).
 
     `target_dropout` replaces input ids by 0 in training (see `DecoderLM`; wikitext-103 uses 0.25).
     `channel_embeddings` embeds images flattened as `position_axes = (rows, columns, channels)` as the
@@ -63,7 +65,8 @@ class RoutingTransformerLM(DecoderLM):
                  key_update="separate", ema=True, hash_items=False, require_coverage=False, position_axes=None,
                  channel_embeddings=False,
                  initializer=None, mixed_precision=False, seed=None, embedding_dropout=0.0,
-                 project_embeddings=False, strided_heads=0, cluster_strided_heads=0, **kwargs):
+                 project_embeddings=False, strided_heads=0, cluster_strided_heads=0, keep_attention_weights=False,
+                 **kwargs):
         num_heads = local_heads + routing_heads + strided_heads + cluster_strided_heads
         if num_heads < 1 or hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} must be divisible by the number of heads (local + routing + "
@@ -90,7 +93,8 @@ class RoutingTransformerLM(DecoderLM):
             key_update=key_update, ema=ema, hash_items=hash_items, require_coverage=require_coverage,
             position_axes=list(position_axes) if position_axes else None, channel_embeddings=channel_embeddings,
             initializer=keras.initializers.serialize(initializer), mixed_precision=mixed_precision, seed=seed,
-            strided_heads=strided_heads, cluster_strided_heads=cluster_strided_heads)
+            strided_heads=strided_heads, cluster_strided_heads=cluster_strided_heads,
+            keep_attention_weights=keep_attention_weights)
         attention = []
         for i in range(num_layers):
             layer_routing_heads = routing_heads if i >= skip_first else 0
@@ -102,7 +106,7 @@ class RoutingTransformerLM(DecoderLM):
                 share_qk=share_qk, routing=routing, max_relative_position=max_relative_position,
                 local_relative=local_relative,
                 routing_relative=routing_relative, decay=decay, beta=beta, key_update=key_update, ema=ema,
-                hash_items=hash_items, require_coverage=require_coverage,
+                hash_items=hash_items, require_coverage=require_coverage, keep_weights=keep_attention_weights,
                 dropout=attention_dropout, kernel_initializer=initializer,
                 seed=None if seed is None else seed + i, dtype=kwargs.get("dtype")))
         position_initializer = None

@@ -93,12 +93,19 @@ def decoded_outputs(cases=DECODED_CASES + DECODED_ACROSS_BACKENDS, compile_step=
 
 
 def family_models():
-    """{family: an unbuilt small model} (initial weights differ between backends: copy them)."""
+    """{family (or a variant of one): an unbuilt small model} (initial weights differ between backends: copy
+    them)."""
     return {
         "routing": routing_transformer.RoutingTransformerLM(
             vocabulary_size=VOCABULARY, num_layers=2, hidden_dim=32, ffn_dim=64, local_heads=2, routing_heads=2,
             num_clusters=2, window=16, block_size=8, max_relative_position=8, skip_first=1, dropout=0.0,
             decay=0.9, seed=1),
+        # Causal routing with the attention weights kept for the backward pass (a closure over forward tensors
+        # in the custom gradient).
+        "routing_kept": routing_transformer.RoutingTransformerLM(
+            vocabulary_size=VOCABULARY, num_layers=2, hidden_dim=32, ffn_dim=64, local_heads=2, routing_heads=2,
+            num_clusters=2, window=16, block_size=8, max_relative_position=8, dropout=0.0, routing="causal",
+            keep_attention_weights=True, seed=4),
         "sparse": sparse_transformer.SparseTransformerLM(
             vocabulary_size=VOCABULARY, num_layers=2, hidden_dim=32, num_heads=2, attention_schedule="fixed",
             stride=8, summary=2, max_length=MODEL_LENGTH, seed=2),

@@ -74,13 +74,13 @@ def test_a_routing_step_compiles_with_jax_jit(runs, case):
     np.testing.assert_allclose(jax_results[f"decoded_jit/{case}"], jax_results[f"decoded/{case}"], **TOL)
 
 
-@pytest.mark.parametrize("family", ["routing", "sparse", "combiner"])
+@pytest.mark.parametrize("family", ["routing", "routing_kept", "sparse", "combiner"])
 def test_every_family_gives_tensorflow_s_logits_under_jax(runs, family):
     tensorflow, jax_results = runs
     np.testing.assert_allclose(jax_results[f"logits/{family}"], tensorflow[f"logits/{family}"], **TOL)
 
 
-@pytest.mark.parametrize("family", ["routing", "sparse", "combiner"])
+@pytest.mark.parametrize("family", ["routing", "routing_kept", "sparse", "combiner"])
 def test_every_family_trains_under_jax_with_a_jit_fit(runs, family):
     """12 epochs on a repeated phrase: the loss falls well below its start (log 48 = 3.87 nats at chance)."""
     losses = runs[1][f"losses/{family}"]

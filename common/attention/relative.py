@@ -35,3 +35,42 @@ def relative_embeddings(table, distances):
     """Gathers `table` rows for an int tensor of distances (key minus query), clipped to the table's range."""
     m = max_relative_position(table)
     return ops.take(table, ops.clip(distances, -m, m) + m, axis=0)
+
+
+def toeplitz_rows(table, queries, keys, offset):
+    """The table rows of every distance in a [queries, keys] block whose (i, j) distance is j - i + offset:
+    [queries + keys - 1, dim], row r holding distance r - (queries - 1) + offset (clipped), so that (i, j)
+    reads row j - i + queries - 1.
+
+    With `skew` and `unskew` this turns the relative terms of a block into two plain matmuls against these
+    rows, in place of a [queries, keys, dim] slab contracted once per query (a matmul batched over queries,
+    which is several times slower on CPU).
+    """
+    return relative_embeddings(table, ops.arange(queries + keys - 1) - (queries - 1) + offset)
+
+
+def skew(scores, keys):
+    """Per-distance scores [..., queries, queries + keys - 1] -> [..., queries, keys], entry (i, j) being
+    scores[..., i, j - i + queries - 1]: row i of the flattened scores read from offset i x (width - 1)."""
+    queries, width = scores.shape[-2], scores.shape[-1]
+    if width != queries + keys - 1:
+        raise ValueError(f"skew needs queries + keys - 1 = {queries + keys - 1} distances; got {width}.")
+    if queries == 1:
+        return scores
+    lead = tuple(ops.shape(scores)[:-2])
+    flat = ops.reshape(scores, lead + (queries * width,))[..., queries - 1:queries - 1 + queries * (width - 1)]
+    return ops.reshape(flat, lead + (queries, width - 1))[..., :keys]
+
+
+def unskew(x):
+    """The transpose of `skew`: [..., queries, keys] -> [..., queries, queries + keys - 1], entry (i, j) moved
+    to (i, j - i + queries - 1) and zeros elsewhere."""
+    queries, keys = x.shape[-2], x.shape[-1]
+    if queries == 1:
+        return x
+    width = queries + keys - 1
+    lead = tuple(ops.shape(x)[:-2])
+    rank = len(x.shape)
+    x = ops.pad(x, [[0, 0]] * (rank - 1) + [[0, queries - 2]])
+    flat = ops.pad(ops.reshape(x, lead + (queries * (width - 1),)), [[0, 0]] * (rank - 2) + [[queries - 1, 1]])
+    return ops.reshape(flat, lead + (queries, width))

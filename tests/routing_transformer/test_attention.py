@@ -430,3 +430,26 @@ def test_strided_membership_needs_balanced_routing():
         routing_attention(q, None, q, centroids=tf.ones((1, 2, 4)), window=4, routing="causal", membership="strided")
     with pytest.raises(ValueError, match="unknown membership 'farthest'"):
         routing_attention(q, None, q, centroids=tf.ones((1, 2, 4)), window=4, membership="farthest")
+
+
+@pytest.mark.parametrize("routing", ["balanced", "causal"])
+def test_kept_weights_give_the_recomputed_gradients(routing):
+    """keep_weights only changes what the backward pass stores: the same outputs and gradients (q, v, tables)."""
+    rng = np.random.default_rng(21)
+    q, v = tf.constant(_normal(rng, 2, 2, 12, 4)), tf.constant(_normal(rng, 2, 2, 12, 3))
+    tables = [tf.constant(_normal(rng, 7, 4)), tf.constant(_normal(rng, 7, 3))]
+    centroids = tf.constant(_np_layer_norm(_normal(rng, 2, 3, 4)).astype(np.float32))
+    cotangent = tf.constant(_normal(rng, 2, 2, 12, 3))
+
+    def outputs_and_gradients(keep_weights):
+        with tf.GradientTape() as tape:
+            tape.watch([q, v, *tables])
+            out, _ = routing_attention(q, None, v, centroids=centroids, window=4, routing=routing,
+                                       relative_keys=tables[0], relative_values=tables[1], keep_weights=keep_weights)
+            loss = tf.reduce_sum(out * cotangent)
+        return [out.numpy()] + [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, [q, v, *tables])]
+
+    for label, kept, recomputed in zip(["out", "q", "v", "relative_keys", "relative_values"],
+                                       outputs_and_gradients(True), outputs_and_gradients(False)):
+        assert np.abs(recomputed).max() > 0, label
+        np.testing.assert_allclose(kept, recomputed, **TOL, err_msg=label)

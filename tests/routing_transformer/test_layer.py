@@ -174,7 +174,7 @@ def test_config_round_trip_keeps_routing_options():
                    look_back=2, share_qk=False, routing="balanced", max_relative_position=12,
                    local_relative=False, routing_relative=True, decay=0.99, beta=0.01, key_update="joint",
                    require_coverage=True,
-                   head_projection=False, value_dim=6, seed=9)
+                   head_projection=False, keep_weights=True, value_dim=6, seed=9)
     layer = RoutingAttention(**options)
     check_config_round_trip(layer)
     config = layer.get_config()
@@ -184,7 +184,7 @@ def test_config_round_trip_keeps_routing_options():
     assert (clone.num_heads, clone.local_heads, clone.routing_heads) == (4, 3, 1)
     assert (clone.kmeans.num_heads, clone.kmeans.num_clusters, clone.kmeans.decay, clone.kmeans.beta) == (
         1, 5, 0.99, 0.01)
-    assert clone.kernel_options == {"block_size": 16, "look_back": 2}
+    assert clone.kernel_options == {"block_size": 16, "look_back": 2, "keep_weights": True}
     assert clone.max_relative_position == 0  # local_relative=False: no local tables
 
 

@@ -170,6 +170,30 @@ def test_remat_gives_the_gradients_of_the_plain_model():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=weight.path)
 
 
+@pytest.mark.parametrize("routing", ["balanced", "causal"])
+def test_kept_attention_weights_give_the_gradients_of_the_recomputed_ones(routing):
+    """keep_attention_weights changes what the backward pass stores, not the model: the same loss and
+    gradients from the same weights, and the option survives the config round trip."""
+    ids = _ids(10)
+    results = {}
+    for keep in (False, True):
+        model = _model(keep_attention_weights=keep, routing=routing, dropout=0.0)
+        model(ids)
+        if keep:
+            model.set_weights(initial)
+        initial = model.get_weights()
+        with tf.GradientTape() as tape:
+            loss = LanguageModelLoss()(ids, model(ids, training=True)) + sum(model.losses)
+        results[keep] = [float(loss)] + [tf.convert_to_tensor(g).numpy()
+                                         for g in tape.gradient(loss, model.trainable_weights)]
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-6)
+    for weight, got, want in zip(model.trainable_weights, results[True][1:], results[False][1:]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=weight.path)
+    assert all(block.attention.keep_weights for block in model.blocks)
+    clone = RoutingTransformerLM.from_config(model.get_config())
+    assert all(block.attention.keep_weights for block in clone.blocks)
+
+
 @pytest.mark.parametrize("remat", [False, True])
 def test_without_ema_a_jit_fit_step_trains_the_centroids_by_their_gradient(remat):
     """ema=False: the centroids are trainable, an SGD step moves them by -lr x the gradient of the loss (the

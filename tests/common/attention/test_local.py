@@ -114,8 +114,9 @@ GRADIENT_CASES = [
 ]
 
 
+@pytest.mark.parametrize("keep_weights", [False, True], ids=["recomputed", "kept"])
 @pytest.mark.parametrize("length,block_size,look_back,causal,look_ahead,m", GRADIENT_CASES)
-def test_gradients_match_dense(length, block_size, look_back, causal, look_ahead, m):
+def test_gradients_match_dense(length, block_size, look_back, causal, look_ahead, m, keep_weights):
     q, k, v = _inputs(length + block_size, length)
     tables = _tables(m, m)
     tensors = [q, k, v, tables["relative_keys"], tables["relative_values"]]
@@ -131,7 +132,7 @@ def test_gradients_match_dense(length, block_size, look_back, causal, look_ahead
 
     def local(q, k, v, block_size, look_back, look_ahead, causal, **options):
         return local_attention(q, k, v, block_size=block_size, look_back=look_back, look_ahead=look_ahead,
-                               causal=causal, **options)
+                               causal=causal, keep_weights=keep_weights, **options)
 
     for label, got, want in zip(["q", "k", "v", "relative_keys", "relative_values"], grads(local),
                                 grads(_dense_local)):
