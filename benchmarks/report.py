@@ -9,6 +9,8 @@ section a "Not measured yet" line with the command that measures it:
     backward time and memory against dense attention, their growth exponents with length, jit off against on;
   - families.json (`python -m benchmarks.families`): a whole training step of each family against Keras
     MultiHeadAttention and the PyTorch peer: tokens/s, peak memory, fraction of the machine's matmul FLOP rate;
+  - small_models.json (`python -m benchmarks.small_models`): 4-layer d=256 models of each family at small
+    batched shapes against the PyTorch peer;
   - quality.json (`python -m benchmarks.quality`): held-out bits/byte after a fixed training budget, next to xz -9;
   - decoding.json (`python -m benchmarks.decoding`): cached decoding against re-running the full model;
   - attention_maps/*.png (`python -m benchmarks.attention_maps`): embedded as they are.
@@ -33,7 +35,7 @@ from benchmarks import harness
 from benchmarks.report_format import load_results, machines, not_measured, source_text
 from benchmarks.report_plots import draw_plots
 from benchmarks.report_tables import (attention_maps_section, attention_section, behind_section, decoding_section,
-                                      families_section, quality_section)
+                                      families_section, quality_section, small_models_section)
 from benchmarks.report_readme import readme_summary, update_readme
 
 
@@ -60,6 +62,7 @@ def report(results, plots, results_dir):
     lines = header(results)
     lines += attention_section(results, plots, results_dir)
     lines += families_section(results, plots, results_dir)
+    lines += small_models_section(results)
     lines += quality_section(results, plots, results_dir)
     lines += decoding_section(results, plots, results_dir)
     lines += attention_maps_section(results_dir)

@@ -12,6 +12,7 @@ COMMANDS = {
     "attention": "python -m benchmarks.attention",
     "attention_jit": "python -m benchmarks.attention --jit",
     "families": "python -m benchmarks.families",
+    "small_models": "python -m benchmarks.small_models",
     "quality": "python -m benchmarks.quality",
     "decoding": "python -m benchmarks.decoding",
 }

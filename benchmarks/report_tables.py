@@ -177,6 +177,36 @@ def families_section(results, plots, report_dir):
     return lines
 
 
+def small_models_section(results):
+    lines = ["## Small batched models against the PyTorch package", ""] + machine_lines(results, ("small_models",))
+    data = results["small_models"]
+    if not data:
+        return lines + [not_measured("small_models"), ""]
+    lines += ["The size people train on 2 CPU cores (see benchmarks/small_models.py): 4 layers, d=256, the loss "
+              "and its gradients with respect to every weight, at each length x batch. vs PyTorch: this one's "
+              "tokens/s over the PyTorch routing-transformer package's at the same shape.", ""]
+    rows = []
+    for r in data["records"]:
+        peer = small_model_peer(data["records"], r)
+        speed = harness.ratio(peer, r, "time_ms") if measured(r) and measured(peer) and r is not peer else None
+        rows.append([f"{r['length']:,} x {r['batch']}", r["config"], jit_name(r["jit"]),
+                     measured_cell(r, lambda r: f"{r['tokens_per_second']:,.0f}"),
+                     measured_cell(r, lambda r: number(r["memory_mib"])), times(speed) if speed else "-"])
+    return lines + table(["length x batch", "config", "jit", "tokens/s", "MiB", "vs PyTorch"], rows, 3) + [""]
+
+
+def small_model_peer(records, record):
+    """The PyTorch record at `record`'s shape, or None."""
+    return next((r for r in records if r["config"] == PEER and (r["length"], r["batch"]) ==
+                 (record["length"], record["batch"])), None)
+
+
+def small_models_comparisons(records):
+    """(label, zoo record, PyTorch record, "PyTorch") for every zoo record of small_models.json."""
+    return [(f"{r['config']}, {r['length']:,} x {r['batch']}, jit {jit_name(r['jit'])}", r,
+             small_model_peer(records, r), "PyTorch") for r in records if r["config"] != PEER]
+
+
 def quality_section(results, plots, report_dir):
     lines = ["## Held-out quality after a fixed training budget", ""] + machine_lines(results, ("quality",))
     data = results["quality"]
@@ -298,7 +328,10 @@ def behind_section(results):
         lines += behind(families_comparisons(records, other_config, other_name)) if records else [
             not_measured("families")]
         lines.append("")
-    lines += ["### Kernels alone against dense attention (attention.json, attention_jit.json)", ""]
+    small = results["small_models"]
+    lines += ["### Small batched models against the PyTorch peer (small_models.json)", ""]
+    lines += behind(small_models_comparisons(small["records"])) if small else [not_measured("small_models")]
+    lines += ["", "### Kernels alone against dense attention (attention.json, attention_jit.json)", ""]
     lines += behind(kernel_comparisons(results)) if attention_runs(results) else [not_measured("attention")]
     lines += ["", "### jit_compile on slower than off", "", "Training step (families.json):", ""]
     lines += jit_slower(families_jit_pairs(records)) if records else [not_measured("families")]

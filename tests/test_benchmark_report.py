@@ -91,10 +91,23 @@ def decoding_input():
              "speedup": 25 * prefix / 1024} for kernel in ("local", "strided", "fixed") for prefix in (1024, 4096)]
 
 
-def write_inputs(results_dir, names=("attention", "attention_jit", "families", "quality", "decoding")):
+def small_models_input():
+    """Routing at 1,024 x 8: 2,000 ms with jit on (faster than PyTorch's 2,500), 3,000 ms with jit off (slower,
+    and bigger); sparse at the same shape timed out."""
+    def record(config, jit, time_ms, memory_mib):
+        return {"config": config, "length": 1024, "batch": 8, "jit": jit, "status": "ok", "time_ms": time_ms,
+                "memory_mib": memory_mib, "tokens_per_second": 8192 / (time_ms / 1000)}
+    return {"machine": "Test CPU, 2 cores", "records": [
+        record("routing", True, 2000, 500), record("routing", False, 3000, 900), record("pytorch", None, 2500, 600),
+        {"config": "sparse", "length": 1024, "batch": 8, "jit": True, "status": "timeout"}]}
+
+
+def write_inputs(results_dir, names=("attention", "attention_jit", "families", "small_models", "quality",
+                                     "decoding")):
     """Writes the named synthetic inputs (and an attention-map PNG) into results_dir."""
     inputs = {"attention": lambda: attention_input(False), "attention_jit": lambda: attention_input(True),
-              "families": families_input, "quality": quality_input, "decoding": decoding_input}
+              "families": families_input, "small_models": small_models_input, "quality": quality_input,
+              "decoding": decoding_input}
     os.makedirs(os.path.join(results_dir, "attention_maps"), exist_ok=True)
     with open(os.path.join(results_dir, "attention_maps", "overview.png"), "wb") as f:
         f.write(PNG_SIGNATURE)
@@ -152,6 +165,10 @@ def test_families_quality_and_decoding_tables(synthetic):
     assert "(test split) to 2.500 bits/byte" in quality and "matmul rate: 50 GFLOP/s" in quality
     assert "| combiner | off | timeout |" in quality
     assert "| routing* | on |" in quality and "| routing | off |" in quality and "\\* Other processes used" in quality
+    small = section(text, "Small batched models against the PyTorch package")
+    assert "| 1,024 x 8 | routing | on | 4,096 | 500 | 1.25x |" in small
+    assert "| 1,024 x 8 | pytorch | n/a | 3,277 | 600 | - |" in small
+    assert "| 1,024 x 8 | sparse | on | timeout | timeout | - |" in small
     decoding = section(text, "Generation: cached decoding against the full pass")
     assert "| strided | 4,096 | 2.00 | 200 | 100x |" in decoding
 
@@ -163,6 +180,10 @@ def test_behind_lists_slower_configs_only(synthetic):
     assert "- routing, 1,024 tokens, jit off: 0.80x PyTorch's speed (250 vs 200 ms)" in against_peer
     assert "- routing, 1,024 tokens, jit off: 1.33x PyTorch's memory (400 vs 300 MiB)" in against_peer
     assert not any("sparse" in line and "speed" in line for line in against_peer.splitlines())
+    small = behind.split("### Small batched models against the PyTorch peer")[1].split("###")[0]
+    assert "- routing, 1,024 x 8, jit off: 0.83x PyTorch's speed (3,000 vs 2,500 ms)" in small
+    assert "- routing, 1,024 x 8, jit off: 1.50x PyTorch's memory (900 vs 600 MiB)" in small
+    assert "jit on" not in small and "sparse" not in small  # faster and smaller; not measured
     kernels = behind.split("### Kernels alone against dense attention")[1].split("###")[0]
     assert "- combiner_axial, 4,096 tokens, jit off: 0.89x dense's speed (500 vs 443 ms)" in kernels
     assert "- local, " not in kernels  # never slower nor bigger than dense

@@ -5,8 +5,9 @@ library and torch, and prints one JSON line. Called by `benchmarks/routing.py`:
 
     .venv-torch/bin/python benchmarks/peers/routing_transformer_torch.py --length=8192 --window=256
 
-The configuration mirrors the zoo side: 2 layers, d=512, 8 heads of 64 (4 local + 4 routing), causal,
-window = local window = `--window`, clusters = length / window, feed-forward 4d with GELU, byte vocabulary.
+The configuration mirrors the zoo side: by default 2 layers, d=512, 8 heads of 64 (4 local + 4 routing), batch
+1 (`--depth`, `--dim`, `--heads`, `--local_heads`, `--batch` change them; heads are 64 wide), causal, window =
+local window = `--window`, clusters = length / window, feed-forward 4d with GELU, byte vocabulary.
 Memory is the peak RSS during the timed steps minus the RSS before the first step (model and inputs made).
 """
 
@@ -28,6 +29,11 @@ def main():
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--local_heads", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
 
     import torch
@@ -36,11 +42,12 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = RoutingTransformerLM(num_tokens=256, dim=512, depth=2, max_seq_len=args.length, heads=8, dim_head=64,
-                                 window_size=args.window, local_attn_window_size=args.window,
-                                 n_local_attn_heads=4, causal=True, ff_mult=4)
+    model = RoutingTransformerLM(num_tokens=256, dim=args.dim, depth=args.depth, max_seq_len=args.length,
+                                 heads=args.heads, dim_head=64, window_size=args.window,
+                                 local_attn_window_size=args.window, n_local_attn_heads=args.local_heads, causal=True,
+                                 ff_mult=4)
     model.train()
-    tokens = torch.randint(0, 256, (1, args.length))
+    tokens = torch.randint(0, 256, (args.batch, args.length))
 
     def step():
         logits, aux_loss = model(tokens)
