@@ -158,14 +158,16 @@ def block_attention(q, k, v, keep=None, *, scale, look_back=0, look_ahead=0, rel
         table_k = tables[0] if has_keys else None
         table_v = tables[-1] if has_values else None
         k_windows, v_windows = windows(k), windows(v)
-        forward_weights = weights_of(q, k_windows, table_k)
-        out = _block_mix(forward_weights, v_windows, rows(table_v, v.dtype))
+        weights = weights_of(q, k_windows, table_k)
+        out = _block_mix(weights, v_windows, rows(table_v, v.dtype))
+        # Only what `kept` holds reaches the backward closure (which eager execution keeps alive).
+        kept = (k_windows, v_windows, weights) if keep_weights else None
 
         # No `variables` argument: the tables come in as tensors, and a captured variable should fail loudly.
         def backward(grad):
             grad = ops.cast(grad, v.dtype)
-            if keep_weights:
-                k_, v_, table_k_, table_v_, weights = k_windows, v_windows, table_k, table_v, forward_weights
+            if kept is not None:
+                (k_, v_, weights), table_k_, table_v_ = kept, table_k, table_v
             else:
                 # Recompute from the inputs, after `grad` exists: an op that reads only forward tensors would
                 # run during the forward pass and hold its output until here.
