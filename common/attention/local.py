@@ -147,11 +147,7 @@ def block_attention(q, k, v, keep=None, *, scale, look_back=0, look_ahead=0, rel
         return _masked_softmax(_block_logits(q, k, rows(table_k, q.dtype)) * scale, keep)
 
     def table_gradient(grad_rows, table):
-        """Sums the gradient of the Toeplitz rows [queries + keys - 1, dim] into the table's rows."""
-        m = relative.max_relative_position(table)
-        index = ops.clip(ops.arange(queries + keys - 1) - (queries - 1) + offset, -m, m) + m
-        grad_rows = ops.cast(grad_rows, "float32")
-        return ops.cast(ops.segment_sum(grad_rows, index, num_segments=table.shape[0]), table.dtype)
+        return relative.toeplitz_rows_gradient(grad_rows, table, queries, keys, offset)
 
     @ops.custom_gradient
     def attend(q, k, v, *tables):

@@ -46,7 +46,21 @@ def toeplitz_rows(table, queries, keys, offset):
     rows, in place of a [queries, keys, dim] slab contracted once per query (a matmul batched over queries,
     which is several times slower on CPU).
     """
-    return relative_embeddings(table, ops.arange(queries + keys - 1) - (queries - 1) + offset)
+    return relative_embeddings(table, _toeplitz_distances(queries, keys, offset))
+
+
+def toeplitz_rows_gradient(grad_rows, table, queries, keys, offset):
+    """The transpose of `toeplitz_rows`: sums the gradient of the rows [queries + keys - 1, dim] into the table's
+    rows (clipped distances share a row), in float32 and returned in the table's dtype."""
+    m = max_relative_position(table)
+    index = ops.clip(_toeplitz_distances(queries, keys, offset), -m, m) + m
+    grad = ops.segment_sum(ops.cast(grad_rows, "float32"), index, num_segments=table.shape[0])
+    return ops.cast(grad, table.dtype)
+
+
+def _toeplitz_distances(queries, keys, offset):
+    """The distance of each of `toeplitz_rows`' rows: r - (queries - 1) + offset."""
+    return ops.arange(queries + keys - 1) - (queries - 1) + offset
 
 
 def skew(scores, keys):

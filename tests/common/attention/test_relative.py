@@ -1,5 +1,5 @@
 """The Toeplitz form of the relative terms: skew and unskew against their index formula, and each other's
-transpose."""
+transpose; the table rows of a block's distances and their gradient."""
 
 import numpy as np
 import pytest
@@ -37,6 +37,20 @@ def test_toeplitz_rows_hold_the_clipped_distances():
     rows = relative.toeplitz_rows(tf.constant(table), queries=3, keys=4, offset=-2).numpy()
     # Row r is distance r - 2 - 2 for r in 0..5: -4 (clipped to -3), -3, -2, -1, 0, 1.
     np.testing.assert_array_equal(rows, table[[0, 0, 1, 2, 3, 4]])
+
+
+def test_toeplitz_rows_gradient_is_the_gradient_of_the_gather():
+    """Clipped distances share a table row: their gradients add up there, as automatic differentiation's."""
+    rng = np.random.default_rng(3)
+    table = tf.constant(rng.standard_normal((7, 2)), tf.float32)
+    grad_rows = tf.constant(rng.standard_normal((6, 2)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(table)
+        rows = relative.toeplitz_rows(table, queries=3, keys=4, offset=-2)
+    want = tf.convert_to_tensor(tape.gradient(rows, table, output_gradients=grad_rows)).numpy()
+    got = relative.toeplitz_rows_gradient(grad_rows, table, queries=3, keys=4, offset=-2).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got[0], grad_rows.numpy()[0] + grad_rows.numpy()[1], rtol=1e-6)
 
 
 def test_skew_rejects_a_wrong_width():
