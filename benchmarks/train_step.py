@@ -16,15 +16,15 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
-RESULT_TAG = "BENCHMARK_RESULT "
+from benchmarks import harness
+
 DEFAULT_ARMS = ("jit on=Experiment.jit_compile = True", "jit off=Experiment.jit_compile = False")
 
 
 def measure(gin_file, bindings, steps, warmup):
     """Times `steps` training steps after `warmup` ones in this process; returns the numbers."""
-    import time
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from apps import gin_experiment
     from apps.steps import make_train_step
@@ -63,10 +63,10 @@ def run_arm(args, bindings):
                           f"--steps={args.steps}", f"--warmup={args.warmup}", "--worker",
                           *[f"--binding={b}" for b in bindings]],
                          capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if out.returncode or not lines:
+    result = harness.last_line(out.stdout, harness.RESULT_TAG)
+    if out.returncode or not result:
         raise RuntimeError(f"the worker failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}")
-    return json.loads(lines[-1][len(RESULT_TAG):])
+    return json.loads(result[len(harness.RESULT_TAG):])
 
 
 def summarize(arms, rounds):
@@ -110,7 +110,7 @@ def main(argv=None):
     parser.add_argument("--binding", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(RESULT_TAG + json.dumps(measure(args.gin_file, args.binding, args.steps, args.warmup)), flush=True)
+        print(harness.RESULT_TAG + json.dumps(measure(args.gin_file, args.binding, args.steps, args.warmup)), flush=True)
         return
     if min(args.steps, args.rounds) < 1 or args.warmup < 0:
         parser.error("--steps and --rounds must be >= 1 and --warmup >= 0")
@@ -129,13 +129,12 @@ def main(argv=None):
     text = report(args, summary)
     print(text)
     if args.output:
-        with open(args.output + ".json", "w") as f:
-            json.dump({"gin_file": args.gin_file, "steps": args.steps, "warmup": args.warmup, "cores": os.cpu_count(),
-                       "command": "python -m benchmarks.train_step " + " ".join(
-                           a if " " not in a else repr(a) for a in (argv if argv is not None else sys.argv[1:])),
-                       "rounds": rounds, "summary": summary}, f, indent=1)
-        with open(args.output + ".md", "w") as f:
-            f.write(text)
+        command = "python -m benchmarks.train_step " + " ".join(
+            a if " " not in a else repr(a) for a in (argv if argv is not None else sys.argv[1:]))
+        harness.write_atomically(args.output + ".json", json.dumps(
+            {"gin_file": args.gin_file, "steps": args.steps, "warmup": args.warmup, "cores": os.cpu_count(),
+             "command": command, "rounds": rounds, "summary": summary}, indent=1))
+        harness.write_atomically(args.output + ".md", text)
 
 
 if __name__ == "__main__":
