@@ -151,22 +151,32 @@ def test_remat_takes_the_kmeans_statistics_once_per_step(jit_compile):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def _losses_and_gradients_from_the_same_weights(ids, settings):
+    """({setting: (training loss, gradients of the trainable weights)}, the last model) for `_model(**options)`
+    of each setting, every model starting from the first one's weights."""
+    results, initial = {}, None
+    for setting, options in settings.items():
+        model = _model(**options)
+        model(ids)
+        if initial is None:
+            initial = model.get_weights()
+        else:
+            model.set_weights(initial)
+        with tf.GradientTape() as tape:
+            loss = LanguageModelLoss()(ids, model(ids, training=True)) + sum(model.losses)
+        results[setting] = (float(loss), [tf.convert_to_tensor(g).numpy()
+                                          for g in tape.gradient(loss, model.trainable_weights)])
+    return results, model
+
+
 def test_remat_gives_the_gradients_of_the_plain_model():
     """In training: the recompute routes with the centroids its forward pass read (not those the pass then
     wrote; decay 0 moves them all the way), and the commitment loss (beta 1: a large part of the gradient),
     added inside the recomputed branch, still has its gradient."""
     ids = _ids(8)
-    gradients = {}
-    for remat in (False, True):
-        model = _model(remat=remat, dropout=0.0, decay=0.0, beta=1.0)
-        model(ids)
-        if remat:
-            model.set_weights(initial)
-        initial = model.get_weights()
-        with tf.GradientTape() as tape:
-            loss = LanguageModelLoss()(ids, model(ids, training=True)) + sum(model.losses)
-        gradients[remat] = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_weights)]
-    for weight, got, want in zip(model.trainable_weights, gradients[True], gradients[False]):
+    results, model = _losses_and_gradients_from_the_same_weights(
+        ids, {remat: dict(remat=remat, dropout=0.0, decay=0.0, beta=1.0) for remat in (False, True)})
+    for weight, got, want in zip(model.trainable_weights, results[True][1], results[False][1]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=weight.path)
 
 
@@ -175,19 +185,10 @@ def test_kept_attention_weights_give_the_gradients_of_the_recomputed_ones(routin
     """keep_attention_weights changes what the backward pass stores, not the model: the same loss and
     gradients from the same weights, and the option survives the config round trip."""
     ids = _ids(10)
-    results = {}
-    for keep in (False, True):
-        model = _model(keep_attention_weights=keep, routing=routing, dropout=0.0)
-        model(ids)
-        if keep:
-            model.set_weights(initial)
-        initial = model.get_weights()
-        with tf.GradientTape() as tape:
-            loss = LanguageModelLoss()(ids, model(ids, training=True)) + sum(model.losses)
-        results[keep] = [float(loss)] + [tf.convert_to_tensor(g).numpy()
-                                         for g in tape.gradient(loss, model.trainable_weights)]
+    results, model = _losses_and_gradients_from_the_same_weights(
+        ids, {keep: dict(keep_attention_weights=keep, routing=routing, dropout=0.0) for keep in (False, True)})
     np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-6)
-    for weight, got, want in zip(model.trainable_weights, results[True][1:], results[False][1:]):
+    for weight, got, want in zip(model.trainable_weights, results[True][1], results[False][1]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=weight.path)
     assert all(block.attention.keep_weights for block in model.blocks)
     clone = RoutingTransformerLM.from_config(model.get_config())
