@@ -2,22 +2,24 @@
 benchmarks/results/reproduce.md, reproduce.json, learning-curve PNGs and the README's section "The papers'
 claims, in miniature".
 
-    make reproduce                                    # every claim: about 3.5 hours on 2 CPU cores (measured)
+    make reproduce                                    # every claim: under 2 hours on 2 CPU cores
     python -m benchmarks.reproduce --claims=routing   # some claims; finished runs are kept and skipped
     python -m benchmarks.reproduce --local_text_dir=DIR   # your own text (any directory of text files)
     python -m benchmarks.reproduce --quick            # tiny models, a few steps: a smoke test of the harness
 
 Protocol, the same for every arm of a claim:
-- Every run: --steps steps (Adam, 10% linear warm-up, cosine to 10%, clip 1.0); seed s gives every arm the same
+- Every run: its claim's steps (benchmarks.claims; --steps overrides) (Adam, 10% linear warm-up, cosine to 10%,
+  clip 1.0); seed s gives every arm the same
   initialisation seed and data order, so arms see the same tokens. It is scored on the test split (never
   trained or tuned on: --eval_windows windows of the claim's context, at --evals points during training and at
   the end) and, at the end, on the validation split.
 - One learning-rate sweep at full length: seed 0 of every arm at each --learning_rates; each arm's rate is the
   one with the best validation bits, and its seed-0 run is that sweep run. Seeds 1.. train at that rate.
   (A short sweep favours high rates that a full run does not survive: 25-step sweeps picked 8e-3 for every
-  routing arm, at which local attention was unstable over 100 steps.) The default is one rate, 4e-3, for every
-  arm (the rate a 64-step sweep over 2e-3, 4e-3 and 8e-3 chose for all three routing arms): no sweep, which
-  keeps `make reproduce` to 2 seeds x 320 steps per arm; --learning_rates=2e-3,4e-3,8e-3 sweeps.
+  routing arm, at which local attention was unstable over 100 steps.) The default is one rate, 2e-3, for every
+  arm (between the rates the cpu_small presets' validation sweeps chose at d=128: 1e-3 for 8,000 steps, 2e-3 for
+  7,000 and 3.5e-3 for 1,100): no sweep, which keeps `make reproduce` to 2 seeds per arm within 2 hours;
+  --learning_rates=1e-3,2e-3,4e-3 sweeps.
 - Two views: equal steps (the last evaluation) and equal wall time (each run's held-out curve at the training
   seconds of the fastest arm; compilation and evaluation are not counted).
 Runs are recorded in the JSON as they finish, keyed by claim, arm, learning rate, seed and the settings that
@@ -54,7 +56,7 @@ class Settings:
     """What shapes a run besides its claim, arm, learning rate and seed."""
 
     scale: str
-    steps: int
+    steps: int  # None: each claim's own (`claim_settings`)
     learning_rates: tuple
     evals: int
     eval_windows: int
@@ -72,7 +74,7 @@ def run_key(settings, claim, arm, learning_rate, seed):
 def experiment_params(settings, claim, arm, learning_rate, seed, data_dir=None):
     """Gin bindings of one run: the test split scored at `settings.evals` points and at the end."""
     size = claim_specs.CLAIMS[claim].sizes[settings.scale]
-    steps = settings.steps
+    steps = reproduce_report.claim_settings(settings, claim).steps
     eval_every = max(1, steps // settings.evals)
     params = [
         "Experiment.model = @benchmarks.claims.build_arm", f"build_arm.claim = {claim!r}", f"build_arm.arm = {arm!r}",
@@ -198,7 +200,8 @@ def run_in_subprocess(settings, spec, args):
 
 
 def settings_flags(args):
-    flags = [f"--steps={args.steps}", "--learning_rates=" + ",".join(f"{lr!r}" for lr in args.learning_rates),
+    flags = [f"--steps={args.steps}"] if args.steps else []
+    flags += ["--learning_rates=" + ",".join(f"{lr!r}" for lr in args.learning_rates),
              f"--evals={args.evals}",
              f"--eval_windows={args.eval_windows}", f"--jit={'on' if args.jit else 'off'}"]
     flags += ["--quick"] if args.quick else []
@@ -231,6 +234,7 @@ class Results:
 def run_claim(name, settings, args, results, log):
     """The sweep, then the seeds at each arm's best rate; records every run in `results`."""
     claim = claim_specs.CLAIMS[name]
+    settings = reproduce_report.claim_settings(settings, name)
 
     def run(arm, learning_rate, seed):
         key = run_key(settings, name, arm, learning_rate, seed)
@@ -275,12 +279,13 @@ def parse_args(argv=None):
                         help="comma-separated claims: " + ", ".join(claim_specs.CLAIMS))
     parser.add_argument("--quick", action="store_true", help="tiny models and a few steps (seconds)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 2)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 320; quick 2)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per run (default: each claim's, benchmarks.claims)")
     parser.add_argument("--learning_rates", default=None,
-                        help="the sweep's peak learning rates (default 4e-3: no sweep; quick 1e-3,3e-3)")
+                        help="the sweep's peak learning rates (default 2e-3: no sweep; quick 1e-3,3e-3)")
     parser.add_argument("--evals", type=int, default=None,
                         help="held-out evaluations during a run (default 6; quick 1)")
-    parser.add_argument("--eval_windows", type=int, default=None, help="held-out windows per evaluation (8)")
+    parser.add_argument("--eval_windows", type=int, default=None, help="held-out windows per evaluation (16)")
     parser.add_argument("--jit", choices=("on", "off"), default=None, help="XLA (default on; quick off)")
     parser.add_argument("--local_text_dir", default=None, help="a directory of text files (default: Python stdlib)")
     parser.add_argument("--data_dir", default=None, help="TFDS data directory (default ~/tensorflow_datasets)")
@@ -294,9 +299,8 @@ def parse_args(argv=None):
                         help="rewrite the report (and README section) from the JSON, training nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    defaults = dict(seeds=2, steps=2, learning_rates="1e-3,3e-3", evals=1, eval_windows=2,
-                    jit="off") if args.quick else dict(seeds=2, steps=320, learning_rates="4e-3", evals=6,
-                                                       eval_windows=8, jit="on")
+    defaults = dict(seeds=2, learning_rates="1e-3,3e-3", evals=1, eval_windows=2, jit="off") if args.quick \
+        else dict(seeds=2, learning_rates="2e-3", evals=6, eval_windows=16, jit="on")
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -315,12 +319,15 @@ def parse_args(argv=None):
     if args.seeds < 1:
         raise UsageError(f"--seeds={args.seeds}: a comparison needs at least one seed (2 to report a spread)")
     for name in ("steps", "evals", "eval_windows"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name}={getattr(args, name)} is too short to reach one evaluation; it must be "
                              f">= 1")
-    if args.steps < args.evals:
-        raise UsageError(f"--steps={args.steps} is too short to reach {args.evals} evaluations (--evals); give at "
-                         f"least as many steps as evaluations")
+    scale = "quick" if args.quick else "full"
+    for name in args.claims:
+        steps = args.steps or claim_specs.CLAIMS[name].sizes[scale].steps
+        if steps < args.evals:
+            raise UsageError(f"{steps} steps (claim {name!r}) are too short to reach {args.evals} evaluations "
+                             f"(--evals); give at least as many --steps as evaluations")
     if args.local_text_dir and not os.path.isdir(args.local_text_dir):
         raise UsageError(f"--local_text_dir={args.local_text_dir!r} is not a directory")
     if args.readme and not os.path.isfile(args.readme):

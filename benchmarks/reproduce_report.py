@@ -53,6 +53,12 @@ def main_runs(data, settings, claim):
     return {arm: sorted(records, key=lambda r: r["seed"]) for arm, records in runs.items()}
 
 
+def claim_settings(settings, claim):
+    """`settings` with the steps of `claim`'s size where --steps left them open."""
+    steps = settings.steps or claim_specs.CLAIMS[claim].sizes[settings.scale].steps
+    return dataclasses.replace(settings, steps=steps)
+
+
 def reported_settings(data, settings, claim):
     """The settings `claim` is reported under: its longest reproduction in the JSON that differs from `settings`
     only in the step count and the swept learning rates (more rates first at equal length) and has at least two
@@ -73,7 +79,7 @@ def reported_settings(data, settings, claim):
         runs = main_runs(data, candidate, claim)
         if all(len(runs.get(arm, ())) >= 2 for arm in arms):
             return candidate
-    return settings
+    return claim_settings(settings, claim)
 
 
 def interpolate(curve, seconds):
