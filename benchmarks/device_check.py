@@ -18,25 +18,15 @@ No TensorFlow: importing it fails here on purpose (the GPU machine has none), so
 Output: benchmarks/results/device.md and device.json, with the device named.
 """
 
-import importlib.abc
 import os
 import sys
 
 if __name__ == "__main__" and os.environ.get("KERAS_BACKEND") != "jax":  # before Keras picks its backend
     sys.exit(f"error: run with KERAS_BACKEND=jax (it is {os.environ.get('KERAS_BACKEND')!r})")
 
+from common.no_tensorflow import block_tensorflow  # noqa: E402
 
-class NoTensorFlow(importlib.abc.MetaPathFinder):
-    """Makes every `import tensorflow...` fail, as on the GPU machine."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "tensorflow":
-            raise ModuleNotFoundError(f"No module named {name!r} (the device check runs without TensorFlow)",
-                                      name=name)
-        return None
-
-
-sys.meta_path.insert(0, NoTensorFlow())
+block_tensorflow("the device check")
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402

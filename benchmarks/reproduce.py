@@ -68,7 +68,8 @@ class Settings:
 
 
 def run_key(settings, claim, arm, learning_rate, seed):
-    return f"{claim}/{arm}/lr={learning_rate:g}/seed={seed}/{claim_specs.runs_key(settings.key(), claim)}"
+    settings_key = reproduce_report.claim_settings(settings, claim).key()
+    return f"{claim}/{arm}/lr={learning_rate:g}/seed={seed}/{claim_specs.runs_key(settings_key, claim)}"
 
 
 def experiment_params(settings, claim, arm, learning_rate, seed, data_dir=None):

@@ -22,6 +22,12 @@ README_START, README_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
 VERDICTS = ("holds", "does not hold", "inconclusive")
 
 
+def claim_settings(settings, claim):
+    """`settings` with the steps of `claim`'s size where --steps left them open."""
+    steps = settings.steps or claim_specs.CLAIMS[claim].sizes[settings.scale].steps
+    return dataclasses.replace(settings, steps=steps)
+
+
 def best_rate(sweep):
     """The learning rate of the sweep record (seed 0, one per rate) with the best validation bits, or None."""
     scored = {r["learning_rate"]: r["validation_bits_per_byte"] for r in sweep
@@ -31,7 +37,7 @@ def best_rate(sweep):
 
 def sweep_runs(data, settings, claim):
     """{arm: {learning_rate: record}} of the seed-0 runs (the sweep) of `claim` under `settings`."""
-    key = claim_specs.runs_key(settings.key(), claim)
+    key = claim_specs.runs_key(claim_settings(settings, claim).key(), claim)
     sweep = {}
     for run_key, record in data["runs"].items():
         if run_key.endswith(key) and record.get("claim") == claim and record.get("seed") == 0:
@@ -42,7 +48,7 @@ def sweep_runs(data, settings, claim):
 def main_runs(data, settings, claim):
     """{arm: [record of each seed, by seed]}: the finished runs of `claim` under `settings` at each arm's rate
     chosen by the sweep."""
-    key = claim_specs.runs_key(settings.key(), claim)
+    key = claim_specs.runs_key(claim_settings(settings, claim).key(), claim)
     rates = {arm: best_rate(list(by_rate.values())) for arm, by_rate in sweep_runs(data, settings, claim).items()
              if all(by_rate.get(lr, {}).get("status") == "ok" for lr in settings.learning_rates)}
     runs = {}
@@ -51,12 +57,6 @@ def main_runs(data, settings, claim):
                 and record["learning_rate"] == rates.get(record["arm"]):
             runs.setdefault(record["arm"], []).append(record)
     return {arm: sorted(records, key=lambda r: r["seed"]) for arm, records in runs.items()}
-
-
-def claim_settings(settings, claim):
-    """`settings` with the steps of `claim`'s size where --steps left them open."""
-    steps = settings.steps or claim_specs.CLAIMS[claim].sizes[settings.scale].steps
-    return dataclasses.replace(settings, steps=steps)
 
 
 def reported_settings(data, settings, claim):
@@ -215,7 +215,7 @@ def claim_section(data, settings, claim, plot_path):
     if claim.revision > 1:
         lines += [f"Revision {claim.revision} of these arms: {claim.revision_note}. Runs of earlier revisions stay in "
                   "the JSON and are not reported.", ""]
-    held = data.get("held_out", {}).get(f"{claim.name}/{settings.key()}")
+    held = data.get("held_out", {}).get(f"{claim.name}/{claim_settings(settings, claim.name).key()}")
     if held:
         lines += [f"Held-out: {held['bytes']:,} bytes of the test split; xz -9 on the same bytes: "
                   f"{held['xz_bits_per_byte']:.3f} bits/byte.", ""]

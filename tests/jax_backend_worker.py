@@ -6,21 +6,12 @@ jit-compiled `fit` epochs from them (plus how far the routing model's k-means ce
 cannot be imported here, as on the GPU machine (JAX, no TensorFlow): the library must not need it.
 """
 
-import importlib.abc
 import os
 import sys
 
+from common.no_tensorflow import block_tensorflow
 
-class NoTensorFlow(importlib.abc.MetaPathFinder):
-    """Makes every `import tensorflow...` fail as if it were not installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "tensorflow":
-            raise ModuleNotFoundError(f"No module named {name!r} (the JAX worker runs without TensorFlow)", name=name)
-        return None
-
-
-sys.meta_path.insert(0, NoTensorFlow())
+block_tensorflow("the JAX worker")
 
 import jax  # noqa: E402
 import keras  # noqa: E402

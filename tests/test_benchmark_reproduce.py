@@ -111,7 +111,8 @@ def test_runs_of_an_older_revision_of_a_claim_are_not_reused(quick_run, monkeypa
     for name in ("routing", "combiner"):
         assert reproduce_report.main_runs(data, settings, name) == before[name]
     key = reproduce.run_key(settings, "sparse", "dense", 1e-3, 0)
-    assert key.endswith(f"{settings.key()}.r{revised}") and key not in data["runs"]
+    sparse_key = reproduce_report.claim_settings(settings, "sparse").key()
+    assert key.endswith(f"{sparse_key}.r{revised}") and key not in data["runs"]
     section = "\n".join(reproduce_report.claim_section(data, settings, claims.CLAIMS["sparse"], None))
     assert f"Revision {revised} of these arms: {claims.CLAIMS['sparse'].revision_note}" in section
     assert "| dense attention | not run yet |" in section
@@ -220,7 +221,7 @@ def test_readme_section_is_replaced_and_the_rest_kept():
 @pytest.mark.parametrize("args,message", [
     (["--claims=routing,flash"], "unknown claim 'flash'; choose from routing, sparse, combiner"),
     (["--steps=0"], "--steps=0 is too short to reach one evaluation"),
-    (["--steps=3", "--evals=6"], "--steps=3 is too short to reach 6 evaluations"),
+    (["--steps=3", "--evals=6"], "3 steps (claim 'routing') are too short to reach 6 evaluations"),
     (["--learning_rates=fast"], "--learning_rates='fast' is not a list of numbers"),
     (["--local_text_dir=/no/such/folder"], "is not a directory"),
     (["--readme=/no/such/README.md"], "--readme='/no/such/README.md' is not a file"),
@@ -235,7 +236,7 @@ def test_a_text_directory_too_small_names_both_sizes(tmp_path):
     result = run_module("benchmarks.reproduce", "--claims=routing", f"--local_text_dir={folder}",
                         f"--data_dir={tmp_path / 'tfds'}", f"--output={tmp_path / 'out'}", timeout=300)
     line = assert_one_line_error(result)
-    assert "split has" in line and "bytes, but claim 'routing' needs 32,768 (8 windows of 4,096 tokens)" in line
+    assert "split has" in line and "bytes, but claim 'routing' needs 65,536 (16 windows of 4,096 tokens)" in line
     assert not os.path.exists(tmp_path / "out.json")
 
 
@@ -245,7 +246,7 @@ def test_held_out_text_is_what_xz_is_compared_on(quick_run, clean_gin):
     args = reproduce.parse_args(argv)
     settings = reproduce.settings_of(args)
     text = reproduce.held_out_text(settings, "routing", args.data_dir)
-    held = data["held_out"][f"routing/{settings.key()}"]
+    held = data["held_out"][f"routing/{reproduce_report.claim_settings(settings, 'routing').key()}"]
     assert held["bytes"] == len(text) == 2 * 128
     import lzma
     assert math.isclose(held["xz_bits_per_byte"], 8 * len(lzma.compress(text, preset=9)) / len(text))
@@ -272,7 +273,8 @@ def longer_copy(data, settings, claim, steps, seeds, shift, learning_rates=None)
     """`data` plus a copy of `claim`'s runs (only `seeds`) as if trained for `steps` (and swept over
     `learning_rates`, default the same), bits raised by `shift`."""
     longer = dataclasses.replace(settings, steps=steps, learning_rates=learning_rates or settings.learning_rates)
-    runs, base = dict(data["runs"]), json.loads(json.dumps(dataclasses.asdict(settings)))
+    base = json.loads(json.dumps(dataclasses.asdict(reproduce_report.claim_settings(settings, claim))))
+    runs = dict(data["runs"])
     for record in data["runs"].values():
         if record["claim"] == claim and record["seed"] in seeds and record["settings"] == base:
             key = reproduce.run_key(longer, claim, record["arm"], record["learning_rate"], record["seed"])
@@ -285,26 +287,29 @@ def longer_copy(data, settings, claim, steps, seeds, shift, learning_rates=None)
 def test_each_claim_is_reported_at_its_longest_finished_reproduction(quick_run):
     argv, stem, data = quick_run
     settings = reproduce.settings_of(reproduce.parse_args(argv))
-    longer = longer_copy(data, settings, "routing", settings.steps * 4, (0, 1), shift=1.0)
+    steps = claims.CLAIMS["routing"].sizes["quick"].steps
+    longer = longer_copy(data, settings, "routing", steps * 4, (0, 1), shift=1.0)
     reported = reproduce_report.reported_settings(longer, settings, "routing")
-    assert reported.steps == settings.steps * 4 and reported.key() != settings.key()
-    assert reproduce_report.reported_settings(longer, settings, "sparse") == settings
+    assert reported.steps == steps * 4 and reported.key() != reproduce_report.claim_settings(settings, "routing").key()
+    assert reproduce_report.reported_settings(longer, settings, "sparse") == reproduce_report.claim_settings(
+        settings, "sparse")
     local = [r["bits_per_byte"] for r in reproduce_report.main_runs(longer, reported, "routing")["local"]]
     assert local == [r["bits_per_byte"] + 1.0 for r in reproduce_report.main_runs(data, settings, "routing")["local"]]
     report, _ = reproduce_report.render(longer, settings, stem)
     routing_row = next(line for line in report.splitlines() if line.startswith("| routing: routing + local"))
     assert f"local {reproduce_report.fmt(local)}" in routing_row
-    assert f"steps per run: routing {settings.steps * 4}, sparse {settings.steps}, combiner {settings.steps}" in report
+    assert f"steps per run: routing {steps * 4}, sparse {steps}, combiner {steps}" in report
     def sparse_rows(lines):
         return [line for line in lines if line.startswith("| sparse: ")]
 
     table = reproduce_report.claims_table(data, reproduce_report.reported_by_claim(data, settings))
     assert sparse_rows(report.splitlines()) == sparse_rows(table)
     # A longer reproduction with one seed per arm is unfinished: the claim stays at the length it has finished.
-    partial = longer_copy(data, settings, "routing", settings.steps * 8, (0,), shift=2.0)
-    assert reproduce_report.reported_settings(partial, settings, "routing") == settings
+    partial = longer_copy(data, settings, "routing", steps * 8, (0,), shift=2.0)
+    assert reproduce_report.reported_settings(partial, settings, "routing") == reproduce_report.claim_settings(
+        settings, "routing")
     # The same length swept over other rates is reported too (the sweep table shows which).
-    resweep = longer_copy(data, settings, "routing", settings.steps * 4, (0, 1), shift=1.0,
+    resweep = longer_copy(data, settings, "routing", steps * 4, (0, 1), shift=1.0,
                           learning_rates=tuple(reversed(settings.learning_rates)))
     assert reproduce_report.reported_settings(resweep, settings, "routing").learning_rates == tuple(
         reversed(settings.learning_rates))
