@@ -20,9 +20,10 @@ alternative (nearest-centroid membership, a sliding window over each cluster's m
 takes every (length // window)-th token of its centroid's ranking, nearest first, instead of the `window`
 nearest. The layer also has the original's strided heads (`common.attention.strided_attention`).
 
-Differences from the original, on purpose: the scatter divides by the exact count (the original divides by
-count + 0.01, shrinking every output by 1/1.01); the causal mask compares positions, which equals the
-original's rank mask with `share_qk` and stays exactly causal without it (where the rank mask leaks).
+Differences from the original, on purpose: the scatter divides by the exact count by default (the original
+divides by count + 0.01, shrinking every output by 1/1.01: `count_epsilon=0.01`, which the converter of the
+original's checkpoints sets); the causal mask compares positions, which equals the original's rank mask with
+`share_qk` and stays exactly causal without it (where the rank mask leaks).
 
 Cost: scores are [length, clusters]; attention is clusters x window^2 = O(length x window) for
 clusters x window ~ length. No length x length tensor, and in training no [clusters, window, window] one kept
@@ -78,7 +79,7 @@ MEMBERSHIPS = ("nearest", "strided")
 
 def routing_attention(q, k, v, *, window, centroids=None, hash_projection=None, causal=True, share_qk=True,
                       routing="balanced", membership="nearest", scale=1.0, relative_keys=None, relative_values=None,
-                      dropout_rate=0.0, seed=None, require_coverage=False, keep_weights=False):
+                      dropout_rate=0.0, seed=None, require_coverage=False, keep_weights=False, count_epsilon=0.0):
     """Attention inside k-means clusters (or, with `hash_projection`, inside hash buckets).
 
     Args:
@@ -109,6 +110,8 @@ def routing_attention(q, k, v, *, window, centroids=None, hash_projection=None, 
       require_coverage: raise unless clusters x window >= length.
       keep_weights: keep the attention weights inside clusters for the backward pass instead of recomputing
         them (`common.attention.local.block_attention`): faster, for more memory.
+      count_epsilon: a token's outputs from its clusters are summed and divided by its number of clusters
+        plus this; 0 (the default) averages them exactly, 0.01 is the original's `scatter_cluster_items`.
 
     Returns:
       (out [batch, heads, length, value_dim], aux) where aux holds the normalised `queries` and `keys`
@@ -136,7 +139,8 @@ def routing_attention(q, k, v, *, window, centroids=None, hash_projection=None, 
         "key_assignment": ops.argmax(k_scores, axis=2),
     }
     options = dict(window=window, causal=causal, scale=scale, relative_keys=relative_keys,
-                   relative_values=relative_values, dropout_rate=dropout_rate, seed=seed, keep_weights=keep_weights)
+                   relative_values=relative_values, dropout_rate=dropout_rate, seed=seed, keep_weights=keep_weights,
+                   count_epsilon=count_epsilon)
     if routing == "causal":
         return _sorted_cluster_attention(queries, v, aux["query_assignment"], **options), aux
     return _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, membership=membership,
@@ -171,20 +175,20 @@ def _flat_offsets(x):
     return ((ops.arange(batch)[:, None] * heads + ops.arange(heads)[None, :]) * length)[:, :, None]
 
 
-def _scatter_mean(values, rows, like):
-    """Scatters values [b, h, ..., d] to the flat rows of `like` [b, h, length, d] and averages duplicates;
-    rows that receive nothing are zero."""
+def _scatter_mean(values, rows, like, count_epsilon):
+    """Scatters values [b, h, ..., d] to the flat rows of `like` [b, h, length, d] and averages duplicates
+    (divides by their count + `count_epsilon`); rows that receive nothing are zero."""
     shape = ops.shape(like)
     num_rows = shape[0] * shape[1] * shape[2]
     rows = ops.reshape(rows, (-1,))
     total = ops.segment_sum(ops.reshape(values, (-1, values.shape[-1])), rows, num_segments=num_rows)
     count = ops.segment_sum(ops.ones_like(rows, dtype=values.dtype), rows, num_segments=num_rows)
-    out = total / ops.maximum(count, 1)[:, None]
+    out = total / (count + count_epsilon if count_epsilon else ops.maximum(count, 1))[:, None]
     return ops.reshape(out, (shape[0], shape[1], shape[2], values.shape[-1]))
 
 
 def _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, *, window, causal, scale,
-                                relative_keys, relative_values, dropout_rate, seed, keep_weights,
+                                relative_keys, relative_values, dropout_rate, seed, keep_weights, count_epsilon,
                                 membership="nearest"):
     """The original's routing: `window` tokens of each cluster's ranking, attended inside the cluster."""
     batch, heads = ops.shape(queries)[0], ops.shape(queries)[1]
@@ -223,12 +227,12 @@ def _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, 
     out_c = block_attention(q_c, k_c, v_c, keep, scale=scale, relative_keys=relative_keys,
                             relative_values=relative_values, dropout_rate=dropout_rate, seed=seed,
                             keep_weights=keep_weights)
-    out = _scatter_mean(out_c, q_rows, v)
+    out = _scatter_mean(out_c, q_rows, v, count_epsilon)
     return out[:, :, :length] if padded else out
 
 
 def _sorted_cluster_attention(queries, v, assignment, *, window, causal, scale, relative_keys,
-                              relative_values, dropout_rate, seed, keep_weights):
+                              relative_values, dropout_rate, seed, keep_weights, count_epsilon):
     """Causal routing: sort tokens by (cluster, position); a sliding window of `window` members over the
     sorted sequence, restricted to the same cluster, is then local attention with segment ids."""
     length = ops.shape(queries)[2]
@@ -242,7 +246,7 @@ def _sorted_cluster_attention(queries, v, assignment, *, window, causal, scale, 
         relative_keys=relative_keys, relative_values=relative_values,
         segment_ids=ops.take_along_axis(assignment, order, axis=-1), max_distance=window,
         dropout_rate=dropout_rate, seed=seed, keep_weights=keep_weights)
-    return _scatter_mean(sorted_out, rows, v)
+    return _scatter_mean(sorted_out, rows, v, count_epsilon)
 
 
 # The original's cluster-strided heads call its clustering helper with the helper's defaults, not the hparams:
@@ -290,6 +294,8 @@ class RoutingAttention(SelfAttention):
       keep_weights: the local and routing heads keep their attention weights for the backward pass instead of
         recomputing them there (`common.attention.local.block_attention`): about 20% faster attention, for
         a [batch, heads, length, keys] float32 tensor per layer; for short contexts.
+      count_epsilon: added to a token's number of clusters when the routing and cluster-strided heads average
+        its outputs over them: 0 averages exactly, 0.01 is the original's (see `routing_attention`).
     """
 
     derived_arguments = ("num_heads", "kernel", "kernel_options", "use_bias", "max_relative_position")
@@ -299,7 +305,8 @@ class RoutingAttention(SelfAttention):
                  max_relative_position=0,
                  local_relative=True, routing_relative=True, decay=0.999, beta=1e-4, key_update="separate",
                  ema=True, hash_items=False, require_coverage=False, head_projection=True, strided_heads=0,
-                 cluster_strided_heads=0, keep_weights=False, dropout=0.0, kernel_initializer="glorot_uniform",
+                 cluster_strided_heads=0, keep_weights=False, count_epsilon=0.0, dropout=0.0,
+                 kernel_initializer="glorot_uniform",
                  output_initializer=None, output_dim=None, seed=None, **kwargs):
         for name, value in (("local_heads", local_heads), ("routing_heads", routing_heads),
                             ("strided_heads", strided_heads), ("cluster_strided_heads", cluster_strided_heads)):
@@ -328,6 +335,7 @@ class RoutingAttention(SelfAttention):
         self.local_heads = local_heads
         self.routing_heads = routing_heads
         self.keep_weights = keep_weights
+        self.count_epsilon = count_epsilon
         self.strided_heads = strided_heads
         self.cluster_strided_heads = cluster_strided_heads
         self.num_clusters = num_clusters
@@ -425,14 +433,16 @@ class RoutingAttention(SelfAttention):
                   dict(hash_projection=self.hash_projection))
         return dict(routes, window=self.window, causal=self.causal,
                     share_qk=self.share_qk, routing=self.routing, relative_keys=self.routing_relative_keys,
-                    relative_values=self.routing_relative_values, require_coverage=self.require_coverage)
+                    relative_values=self.routing_relative_values, require_coverage=self.require_coverage,
+                    count_epsilon=self.count_epsilon)
 
     def cluster_strided_options(self):
         """The cluster-strided heads' kernel and decoder options (routing kernel, strided membership)."""
         return dict(centroids=self.cluster_strided_kmeans.current_centroids(), window=self.window,
                     causal=self.causal, share_qk=False, routing="balanced", membership="strided",
                     relative_keys=self.cluster_strided_relative_keys,
-                    relative_values=self.cluster_strided_relative_values, require_coverage=self.require_coverage)
+                    relative_values=self.cluster_strided_relative_values, require_coverage=self.require_coverage,
+                    count_epsilon=self.count_epsilon)
 
     def strided_options(self):
         return dict(stride=self.block_size, causal=self.causal)
@@ -523,7 +533,8 @@ class RoutingAttention(SelfAttention):
                       local_relative=self.local_relative, routing_relative=self.routing_relative,
                       decay=self.decay, beta=self.beta, key_update=self.key_update, ema=self.ema,
                       hash_items=self.hash_items, require_coverage=self.require_coverage,
-                      head_projection=self.head_projection, keep_weights=self.keep_weights)
+                      head_projection=self.head_projection, keep_weights=self.keep_weights,
+                      count_epsilon=self.count_epsilon)
         return config
 
 

@@ -143,7 +143,7 @@ def _prompt_windows(assignment, clusters, window, cache_length):
 
 def step(x, q, k, v, cache, position, *, window, routing="balanced", share_qk=True, centroids=None,
          hash_projection=None, causal=True, scale=1.0, relative_keys=None, relative_values=None, membership="nearest",
-         **unused_options):
+         count_epsilon=0.0, **unused_options):
     """The routing heads at `position`: q, k (None with share_qk), v [batch, heads, 1, dim] of the new token.
 
     Returns (out [batch, heads, 1, value_dim], cache); see the module docstring for what it equals and costs.
@@ -159,12 +159,14 @@ def step(x, q, k, v, cache, position, *, window, routing="balanced", share_qk=Tr
     query_scores = cluster_scores(queries, centroids, hash_projection)[..., 0]
     options = dict(scale=scale, relative_keys=relative_keys, relative_values=relative_values)
     if routing == "causal":
-        return _causal_step(queries, query_scores, cache, position, rows, num_rows, window, options)
+        out, cache = _causal_step(queries, query_scores, cache, position, rows, num_rows, window, options)
+        return out / (1.0 + count_epsilon), cache  # a token is in one cluster
     key_scores = query_scores if share_qk else cluster_scores(keys, centroids, hash_projection)[..., 0]
     cache["key_scores"] = kv_cache.write(cache["key_scores"], position, key_scores[:, :, None])
     if not share_qk:
         cache["query_scores"] = kv_cache.write(cache["query_scores"], position, query_scores[:, :, None])
-    return _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, membership, options)
+    return _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, membership, count_epsilon,
+                          options)
 
 
 def _causal_step(queries, scores, cache, position, rows, num_rows, window, options):
@@ -188,7 +190,8 @@ def _causal_step(queries, scores, cache, position, rows, num_rows, window, optio
     return out, cache
 
 
-def _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, membership, options):
+def _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, membership, count_epsilon,
+                   options):
     """Membership over the cached scores of 0 .. position (later slots blanked, ranked last); the new token
     attends inside every cluster it is a query member of, to that cluster's key members, and the results are
     averaged."""
@@ -229,7 +232,8 @@ def _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, m
     out = ops.reshape(out, (-1, heads, clusters, out.shape[-1]))
     weight = ops.cast(in_cluster, out.dtype)[..., None]
     total = ops.sum(out * weight, axis=2)
-    count = ops.maximum(ops.sum(weight, axis=2), 1)
+    count = ops.sum(weight, axis=2)
+    count = count + count_epsilon if count_epsilon else ops.maximum(count, 1)
     return (total / count)[:, :, None], cache
 
 

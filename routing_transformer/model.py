@@ -47,7 +47,8 @@ class RoutingTransformerLM(DecoderLM):
     are routing heads whose clusters take every (length // window)-th token of a centroid's ranking. `mixed_precision` computes in
     bfloat16 with float32 variables, k-means state, softmax and logits. `keep_attention_weights` keeps the local
     and routing heads' attention weights for the backward pass instead of recomputing them (faster, for more
-    memory: for short contexts; see `RoutingAttention`).
+    memory: for short contexts; see `RoutingAttention`). `count_epsilon=0.01` averages a token's routed outputs
+    as the original does (over its clusters + 0.01; the default 0 averages exactly); `apps.convert_t2t` sets it.
 
     `target_dropout` replaces input ids by 0 in training (see `DecoderLM`; wikitext-103 uses 0.25).
     `channel_embeddings` embeds images flattened as `position_axes = (rows, columns, channels)` as the
@@ -66,7 +67,7 @@ class RoutingTransformerLM(DecoderLM):
                  channel_embeddings=False,
                  initializer=None, mixed_precision=False, seed=None, embedding_dropout=0.0,
                  project_embeddings=False, strided_heads=0, cluster_strided_heads=0, keep_attention_weights=False,
-                 **kwargs):
+                 count_epsilon=0.0, **kwargs):
         num_heads = local_heads + routing_heads + strided_heads + cluster_strided_heads
         if num_heads < 1 or hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} must be divisible by the number of heads (local + routing + "
@@ -94,7 +95,7 @@ class RoutingTransformerLM(DecoderLM):
             position_axes=list(position_axes) if position_axes else None, channel_embeddings=channel_embeddings,
             initializer=keras.initializers.serialize(initializer), mixed_precision=mixed_precision, seed=seed,
             strided_heads=strided_heads, cluster_strided_heads=cluster_strided_heads,
-            keep_attention_weights=keep_attention_weights)
+            keep_attention_weights=keep_attention_weights, count_epsilon=count_epsilon)
         attention = []
         for i in range(num_layers):
             layer_routing_heads = routing_heads if i >= skip_first else 0
@@ -107,6 +108,7 @@ class RoutingTransformerLM(DecoderLM):
                 local_relative=local_relative,
                 routing_relative=routing_relative, decay=decay, beta=beta, key_update=key_update, ema=ema,
                 hash_items=hash_items, require_coverage=require_coverage, keep_weights=keep_attention_weights,
+                count_epsilon=count_epsilon,
                 dropout=attention_dropout, kernel_initializer=initializer,
                 seed=None if seed is None else seed + i, dtype=kwargs.get("dtype")))
         position_initializer = None

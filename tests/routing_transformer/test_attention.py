@@ -10,6 +10,7 @@ from common.attention import dense_attention
 from common.layers import layer_norm
 from routing_transformer.attention import routing_attention
 from tests.kernel_checks import effective_matrix
+from tests.routing_transformer._reference import np_layer_norm, np_members, np_routing
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -18,68 +19,9 @@ def _normal(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def _np_layer_norm(x, eps=1e-6):
-    x = np.asarray(x, np.float64)
-    mean = x.mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
-
-
 def _effective(q, centroids, window, **options):
     """The kernel's effective attention matrix [batch, heads, length, length] (shared QK: k is None)."""
     return effective_matrix(routing_attention, q, None, centroids=tf.constant(centroids), window=window, **options)
-
-
-def _np_members(q, centroids, window, membership="nearest"):
-    """members[b][h][c]: sorted positions of the `window` tokens nearest (dot product of layer_norm(q))
-    to centroid c, or with membership="strided" of every (length // window)-th of that ranking; asserts the
-    ranking is unambiguous."""
-    scores = np.einsum("bhld,hcd->bhcl", _np_layer_norm(q), np.asarray(centroids, np.float64))
-    order = np.argsort(-scores, axis=-1, kind="stable")
-    if membership == "strided":
-        ranked = np.take_along_axis(scores, order, -1)
-        assert (ranked[..., :-1] - ranked[..., 1:]).min() > 1e-6, "ambiguous ranking in the test input"
-        return np.sort(order[..., ::max(scores.shape[-1] // window, 1)][..., :window], axis=-1)
-    if window < scores.shape[-1]:
-        gap = (np.take_along_axis(scores, order[..., window - 1:window], -1) -
-               np.take_along_axis(scores, order[..., window:window + 1], -1))
-        assert gap.min() > 1e-4, "ambiguous top-k in the test input"
-    return np.sort(order[..., :window], axis=-1)
-
-
-def _np_routing(q, v, centroids, window, relative_keys=None, relative_values=None, causal=True,
-                membership="nearest"):
-    """Numpy float64 reference of balanced routing attention with share_qk."""
-    qn = _np_layer_norm(q)
-    v = np.asarray(v, np.float64)
-    members = _np_members(q, centroids, window, membership)
-    batch, heads, length, _ = q.shape
-    total = np.zeros(v.shape)
-    count = np.zeros((batch, heads, length))
-
-    def row(table, d):
-        table = np.asarray(table, np.float64)
-        m = (table.shape[0] - 1) // 2
-        return table[min(max(d, -m), m) + m]
-
-    for b in range(batch):
-        for h in range(heads):
-            for idx in members[b, h]:
-                for rq, i in enumerate(idx):
-                    logits, values = [], []
-                    for rk, j in enumerate(idx):
-                        if causal and j > i:
-                            continue
-                        key, value = qn[b, h, j].copy(), v[b, h, j].copy()
-                        if relative_keys is not None:
-                            key += row(relative_keys, rk - rq)
-                        if relative_values is not None:
-                            value += row(relative_values, rk - rq)
-                        logits.append(qn[b, h, i] @ key)
-                        values.append(value)
-                    w = np.exp(np.array(logits) - max(logits))
-                    total[b, h, i] += (w / w.sum()) @ np.array(values)
-                    count[b, h, i] += 1
-    return total / np.maximum(count, 1)[..., None], members, count
 
 
 def _two_group_inputs(length=16, dim=6, noise=0.1, seed=0):
@@ -88,7 +30,7 @@ def _two_group_inputs(length=16, dim=6, noise=0.1, seed=0):
     u = _normal(rng, dim)
     sign = np.where(np.arange(length) % 2 == 0, 1.0, -1.0)[:, None]
     q = (sign * u + noise * _normal(rng, length, dim))[None, None].astype(np.float32)
-    qn = _np_layer_norm(q)[0, 0]
+    qn = np_layer_norm(q)[0, 0]
     centroids = np.stack([qn[sign[:, 0] > 0].mean(0), qn[sign[:, 0] < 0].mean(0)])[None].astype(np.float32)
     return q, centroids, sign[:, 0] > 0
 
@@ -96,7 +38,7 @@ def _two_group_inputs(length=16, dim=6, noise=0.1, seed=0):
 def test_two_separated_groups_attend_only_inside_their_group():
     length = 16
     q, centroids, in_a = _two_group_inputs(length)
-    members = _np_members(q, centroids, length // 2)
+    members = np_members(q, centroids, length // 2)
     np.testing.assert_array_equal(members[0, 0, 0], np.flatnonzero(in_a))
     np.testing.assert_array_equal(members[0, 0, 1], np.flatnonzero(~in_a))
     weights = _effective(q, centroids, window=length // 2)[0, 0]
@@ -118,7 +60,7 @@ def _partition_inputs(seed, heads=2, clusters=4, window=4, dim=8, batch=2):
                       for _ in range(batch)])
     directions = np.eye(dim, dtype=np.float32)[:clusters]
     q = directions[group] + 0.1 * _normal(rng, batch, heads, length, dim)
-    centroids = np.broadcast_to(_np_layer_norm(directions), (heads, clusters, dim)).astype(np.float32)
+    centroids = np.broadcast_to(np_layer_norm(directions), (heads, clusters, dim)).astype(np.float32)
     v = _normal(rng, batch, heads, length, 5)
     return q.astype(np.float32), v, centroids, group
 
@@ -126,7 +68,7 @@ def _partition_inputs(seed, heads=2, clusters=4, window=4, dim=8, batch=2):
 def test_partition_matches_dense_attention_with_cluster_mask():
     q, v, centroids, group = _partition_inputs(seed=1)
     window = 4
-    members = _np_members(q, centroids, window)
+    members = np_members(q, centroids, window)
     for b in range(q.shape[0]):
         for h in range(q.shape[1]):
             for c in range(centroids.shape[1]):
@@ -149,9 +91,9 @@ def test_random_partition_with_opposite_centroids_matches_dense():
     rng = np.random.default_rng(2)
     length, window, dim = 12, 6, 4
     q, v = _normal(rng, 2, 1, length, dim), _normal(rng, 2, 1, length, 3)
-    c = _np_layer_norm(_normal(rng, dim))
+    c = np_layer_norm(_normal(rng, dim))
     centroids = np.stack([c, -c])[None].astype(np.float32)
-    members = _np_members(q, centroids, window)
+    members = np_members(q, centroids, window)
     group = np.zeros((2, 1, length), int)
     for b in range(2):
         group[b, 0, members[b, 0, 1]] = 1
@@ -168,14 +110,14 @@ def _overlap_inputs(seed=3):
     """clusters x window > length with random centroids: some tokens in several clusters, some in none."""
     rng = np.random.default_rng(seed)
     q, v = _normal(rng, 1, 2, 12, 4), _normal(rng, 1, 2, 12, 3)
-    centroids = _np_layer_norm(_normal(rng, 2, 3, 4)).astype(np.float32)
+    centroids = np_layer_norm(_normal(rng, 2, 3, 4)).astype(np.float32)
     return q, v, centroids
 
 
 def test_duplicates_are_averaged_and_unrouted_tokens_are_zero():
     q, v, centroids = _overlap_inputs()
     window = 5
-    want, members, count = _np_routing(q, v, centroids, window)
+    want, members, count = np_routing(q, v, centroids, window)
     assert (count >= 2).any() and (count == 0).any(), "the example must have duplicates and unrouted tokens"
     got, _ = routing_attention(tf.constant(q), None, tf.constant(v), centroids=tf.constant(centroids),
                                window=window)
@@ -189,7 +131,7 @@ def test_duplicates_are_averaged_and_unrouted_tokens_are_zero():
         idx = members[b, h, c]
         if t in idx:
             sub = idx[idx <= t]
-            qn = _np_layer_norm(q[b, h, sub])
+            qn = np_layer_norm(q[b, h, sub])
             logits = qn[-1] @ qn.T
             w = np.exp(logits - logits.max())
             outputs.append((w / w.sum()) @ v[b, h, sub])
@@ -198,13 +140,28 @@ def test_duplicates_are_averaged_and_unrouted_tokens_are_zero():
     assert not np.allclose(outputs[0], outputs[1], atol=1e-3)
 
 
+def test_the_original_average_divides_by_the_count_plus_epsilon():
+    """count_epsilon=0.01 is the original's `scatter_cluster_items`: a token's summed outputs over count + 0.01;
+    with causal routing every token is in one cluster, so its output is the exact one over 1.01."""
+    q, v, centroids = _overlap_inputs()
+    options = dict(centroids=tf.constant(centroids), window=5)
+    want, _, count = np_routing(q, v, centroids, 5, count_epsilon=0.01)
+    assert (count >= 2).any() and (count == 0).any()
+    got, _ = routing_attention(tf.constant(q), None, tf.constant(v), count_epsilon=0.01, **options)
+    np.testing.assert_allclose(np.asarray(got), want, **TOL)
+    exact, _ = routing_attention(tf.constant(q), None, tf.constant(v), routing="causal", **options)
+    shrunk, _ = routing_attention(tf.constant(q), None, tf.constant(v), routing="causal", count_epsilon=0.01,
+                                  **options)
+    np.testing.assert_allclose(np.asarray(shrunk), np.asarray(exact) / 1.01, **TOL)
+
+
 def test_effective_matrix_is_causal_and_rows_sum_to_one_for_routed_tokens():
     rng = np.random.default_rng(4)
     length, window = 16, 5
     q = _normal(rng, 2, 2, length, 4)
-    centroids = _np_layer_norm(_normal(rng, 2, 3, 4)).astype(np.float32)
+    centroids = np_layer_norm(_normal(rng, 2, 3, 4)).astype(np.float32)
     weights = _effective(q, centroids, window)
-    _, members, count = _np_routing(q, np.zeros(q.shape[:3] + (1,)), centroids, window)
+    _, members, count = np_routing(q, np.zeros(q.shape[:3] + (1,)), centroids, window)
     assert np.all(np.triu(weights, k=1) == 0.0)
     assert np.all(weights >= 0.0)
     sums = weights.sum(-1)
@@ -244,7 +201,7 @@ def test_fixed_membership_future_changes_do_not_leak():
     q2, v2 = q.copy(), v.copy()
     q2[:, :, t + 1:] += 0.05 * _normal(rng, *q2[:, :, t + 1:].shape)
     v2[:, :, t + 1:] = _normal(rng, *v2[:, :, t + 1:].shape)
-    np.testing.assert_array_equal(_np_members(q2, centroids, window), _np_members(q, centroids, window))
+    np.testing.assert_array_equal(np_members(q2, centroids, window), np_members(q, centroids, window))
     out, _ = routing_attention(tf.constant(q2), None, tf.constant(v2), centroids=tf.constant(centroids),
                                window=window)
     np.testing.assert_array_equal(np.asarray(out)[:, :, :t + 1], np.asarray(base)[:, :, :t + 1])
@@ -255,7 +212,7 @@ def test_unshared_keys_run_and_are_causal():
     rng = np.random.default_rng(7)
     length, window = 12, 4
     q, k = _normal(rng, 1, 2, length, 4), _normal(rng, 1, 2, length, 4)
-    centroids = _np_layer_norm(_normal(rng, 2, 3, 4)).astype(np.float32)
+    centroids = np_layer_norm(_normal(rng, 2, 3, 4)).astype(np.float32)
     eye = tf.broadcast_to(tf.eye(length), (1, 2, length, length))
     weights, aux = routing_attention(tf.constant(q), tf.constant(k), eye, centroids=tf.constant(centroids),
                                      window=window, share_qk=False)
@@ -263,7 +220,7 @@ def test_unshared_keys_run_and_are_causal():
     assert np.all(np.isfinite(weights))
     assert np.all(np.triu(weights, k=1) == 0.0)
     assert np.any(weights > 0.0)
-    np.testing.assert_allclose(np.asarray(aux["keys"]), _np_layer_norm(k), **TOL)
+    np.testing.assert_allclose(np.asarray(aux["keys"]), np_layer_norm(k), **TOL)
     shared = _effective(q, centroids, window)
     assert not np.allclose(weights, shared, atol=1e-3)
 
@@ -271,7 +228,7 @@ def test_unshared_keys_run_and_are_causal():
 def test_shared_qk_with_other_keys_raises():
     rng = np.random.default_rng(8)
     q, k, v = (tf.constant(_normal(rng, 1, 1, 8, 4)) for _ in range(3))
-    centroids = tf.constant(_np_layer_norm(_normal(rng, 1, 2, 4)).astype(np.float32))
+    centroids = tf.constant(np_layer_norm(_normal(rng, 1, 2, 4)).astype(np.float32))
     with pytest.raises(ValueError, match="share_qk"):
         routing_attention(q, k, v, centroids=centroids, window=4, share_qk=True)
     routing_attention(q, q, v, centroids=centroids, window=4, share_qk=True)  # k = q is allowed
@@ -282,7 +239,7 @@ def test_relative_positions_use_ranks_inside_the_cluster():
     rng = np.random.default_rng(10)
     window, m = 5, 2  # m < window - 1: clipping matters
     tables = dict(relative_keys=_normal(rng, 2 * m + 1, 4), relative_values=_normal(rng, 2 * m + 1, 3))
-    want, members, _ = _np_routing(q, v, centroids, window, **tables)
+    want, members, _ = np_routing(q, v, centroids, window, **tables)
     # Ranks differ from positions in this example.
     assert any(np.any(np.diff(idx) > 1) for idx in members.reshape(-1, window))
     got, _ = routing_attention(tf.constant(q), None, tf.constant(v), centroids=tf.constant(centroids),
@@ -299,9 +256,9 @@ def test_relative_logits_of_one_cluster():
     length, m = 6, 3
     q = _normal(rng, 1, 1, length, 4)
     rel_k = _normal(rng, 2 * m + 1, 4)
-    centroids = _np_layer_norm(_normal(rng, 1, 1, 4)).astype(np.float32)
+    centroids = np_layer_norm(_normal(rng, 1, 1, 4)).astype(np.float32)
     weights = _effective(q, centroids, length, relative_keys=tf.constant(rel_k))[0, 0]
-    qn = _np_layer_norm(q[0, 0])
+    qn = np_layer_norm(q[0, 0])
     for i in range(length):
         logits = np.array([qn[i] @ (qn[j] + rel_k[np.clip(j - i, -m, m) + m]) for j in range(i + 1)])
         w = np.exp(logits - logits.max())
@@ -321,7 +278,7 @@ def test_gradients_reach_q_and_v_not_centroids():
         assert grad is not None and np.all(np.isfinite(grad)) and np.any(np.asarray(grad) != 0)
     assert grad_c is None or not np.any(np.asarray(grad_c))
     # Tokens routed nowhere are read by no cluster: their q and v get exactly zero gradient; the others not.
-    _, _, count = _np_routing(np.asarray(q), np.asarray(v), np.asarray(centroids), 5)
+    _, _, count = np_routing(np.asarray(q), np.asarray(v), np.asarray(centroids), 5)
     assert (count == 0).any()
     for grad in (np.asarray(grad_q), np.asarray(grad_v)):
         assert np.all(grad[count == 0] == 0.0)
@@ -417,10 +374,10 @@ def test_strided_membership_takes_every_stride_th_of_each_ranking(length, window
     rel_k, rel_v = 0.3 * _normal(rng, 7, 8), 0.3 * _normal(rng, 7, 6)
     got = routing_attention(tf.constant(q), None, tf.constant(v), centroids=tf.constant(centroids), window=window,
                             membership="strided", relative_keys=tf.constant(rel_k), relative_values=tf.constant(rel_v))
-    want, members, count = _np_routing(q, v, centroids, window, rel_k, rel_v, membership="strided")
+    want, members, count = np_routing(q, v, centroids, window, rel_k, rel_v, membership="strided")
     np.testing.assert_allclose(got[0].numpy(), want, **TOL)
     # Not the nearest tokens: the picks spread over the whole ranking (its last pick is rank (window - 1) x s).
-    assert not np.array_equal(members, _np_members(q, centroids, window))
+    assert not np.array_equal(members, np_members(q, centroids, window))
     assert (count == 0).any() and (count > 0).any()
 
 
@@ -438,7 +395,7 @@ def test_kept_weights_give_the_recomputed_gradients(routing):
     rng = np.random.default_rng(21)
     q, v = tf.constant(_normal(rng, 2, 2, 12, 4)), tf.constant(_normal(rng, 2, 2, 12, 3))
     tables = [tf.constant(_normal(rng, 7, 4)), tf.constant(_normal(rng, 7, 3))]
-    centroids = tf.constant(_np_layer_norm(_normal(rng, 2, 3, 4)).astype(np.float32))
+    centroids = tf.constant(np_layer_norm(_normal(rng, 2, 3, 4)).astype(np.float32))
     cotangent = tf.constant(_normal(rng, 2, 2, 12, 3))
 
     def outputs_and_gradients(keep_weights):

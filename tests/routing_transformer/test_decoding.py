@@ -84,6 +84,18 @@ def test_balanced_routing_in_one_layer_equals_the_full_pass_on_every_prefix(shar
         assert (counts == 0).any() and (counts >= 2).any()
 
 
+@pytest.mark.parametrize("routing", ["balanced", "causal"])
+def test_the_original_average_over_clusters_decodes_as_the_full_pass(routing):
+    """count_epsilon=0.01 (the original's scatter: outputs over count + 0.01) in decoding as in the full pass."""
+    model = _model(num_layers=2, skip_first=1, routing=routing, count_epsilon=0.01)
+    ids = _ids(repeats=routing == "causal")
+    got = incremental_logits(model, ids, 3)
+    want = model(ids).numpy()[:, 3:] if routing == "causal" else _per_prefix(model, ids, 3)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    exact = _model(num_layers=2, skip_first=1, routing=routing)
+    assert np.abs(exact(ids).numpy() - model(ids).numpy()).max() > 1e-4
+
+
 def _stepwise_reference(model, ids, prompt_length):
     """The original's fast decoding written with full blocks: the prompt runs once; then every block's input
     at an earlier position stays as computed then, and the new row is the block's last row over those inputs

@@ -174,7 +174,7 @@ def test_config_round_trip_keeps_routing_options():
                    look_back=2, share_qk=False, routing="balanced", max_relative_position=12,
                    local_relative=False, routing_relative=True, decay=0.99, beta=0.01, key_update="joint",
                    require_coverage=True,
-                   head_projection=False, keep_weights=True, value_dim=6, seed=9)
+                   head_projection=False, keep_weights=True, count_epsilon=0.01, value_dim=6, seed=9)
     layer = RoutingAttention(**options)
     check_config_round_trip(layer)
     config = layer.get_config()

@@ -235,11 +235,11 @@ def test_fit_loss_includes_commitment_losses():
 
 
 def test_preset_config_round_trips():
-    model = _model(routing="causal", decay=0.99, beta=0.5, share_qk=True, dropout=0.2)
+    model = _model(routing="causal", decay=0.99, beta=0.5, share_qk=True, dropout=0.2, count_epsilon=0.01)
     config = model.get_config()
     clone = RoutingTransformerLM.from_config(config)
     assert clone.get_config() == config
-    for key, value in dict(SMALL, routing="causal", decay=0.99, beta=0.5, dropout=0.2).items():
+    for key, value in dict(SMALL, routing="causal", decay=0.99, beta=0.5, dropout=0.2, count_epsilon=0.01).items():
         assert config[key] == value, key
     attention = [block.attention for block in clone.blocks]
     assert [(a.local_heads, a.routing_heads) for a in attention] == [(4, 0), (2, 2), (2, 2)]
