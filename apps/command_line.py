@@ -99,6 +99,24 @@ def _check_export():
     return None
 
 
+def _convert_t2t_flags():
+    _gin_flags()
+    flags.DEFINE_string("t2t_checkpoint", None, "A tensor2tensor Routing Transformer checkpoint: its prefix "
+                                                "(.../model.ckpt-N) or a directory with a `checkpoint` file.")
+    flags.DEFINE_string("model_dir", None, "Where to write the converted checkpoints/, operative_config.gin and "
+                                           "model.keras.")
+
+
+def _check_convert_t2t():
+    if not FLAGS.t2t_checkpoint or not FLAGS.model_dir or not FLAGS.gin_file:
+        return "--t2t_checkpoint, --gin_file and --model_dir are required."
+    path = FLAGS.t2t_checkpoint
+    if not (os.path.isfile(os.path.join(path, "checkpoint")) or os.path.isfile(path + ".index")):
+        return (f"--t2t_checkpoint={path!r} is neither a checkpoint prefix (no {path}.index) nor a directory "
+                f"with a `checkpoint` file.")
+    return _check_gin_files()
+
+
 def _demo_flags():
     flags.DEFINE_string("demo_dir", os.path.join("runs", "quickstart"), "Where the demo writes its model.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default ~/tensorflow_datasets).")
@@ -112,6 +130,7 @@ TOOLS = {  # tool: (define its flags, check them: an error message or None)
     "export": (_export_flags, _check_export),
     "experiment_info": (_gin_flags, _check_gin_files),
     "demo": (_demo_flags, lambda: None),
+    "convert_t2t": (_convert_t2t_flags, _check_convert_t2t),
 }
 
 
