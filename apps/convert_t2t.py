@@ -165,6 +165,11 @@ def assign(model, weights):
     if unknown:
         raise errors.UserError(f"the model has no place for checkpoint variables: {_listing(PREFIX + n for n in unknown)}"
                                f"; does the gin file's model have the checkpoint's layers, heads and options?")
+    targets = {id(variable) for _, variable, _ in wanted}
+    extra = [v.path for v in model.variables if id(v) not in targets and not v.path.startswith("seed_generator")]
+    if extra:
+        raise errors.UserError(f"the gin file's model has variables the original's does not: {_listing(extra)}; "
+                               f"remove what the original lacks (e.g. absolute positions)")
     values = []
     for name, variable, transform in wanted:
         value = np.asarray(weights[name])

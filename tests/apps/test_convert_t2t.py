@@ -199,3 +199,26 @@ def test_a_missing_checkpoint_is_a_one_line_error(tmp_path):
     result = run_module("apps.convert_t2t", f"--t2t_checkpoint={tmp_path / 'none'}", "--gin_file=quickstart.gin",
                         f"--model_dir={tmp_path / 'zoo'}", timeout=60)
     assert "is neither a checkpoint prefix" in assert_one_line_error(result)
+
+
+def test_a_model_with_variables_the_original_lacks_is_refused(tmp_path, corpus, clean_gin):
+    message = _convert_error(tmp_path, corpus, params=["RoutingTransformerLM.position_axes = (16,)"])
+    assert "has variables the original's does not" in message and "position" in message
+
+
+@pytest.mark.parametrize("heads", [dict(cluster_strided_heads=1, skip_first=0, local_heads=2),
+                                   dict(strided_heads=1, local_heads=2), dict(hash_items=True),
+                                   dict(ffn_activation="'relu'")])
+def test_every_variable_of_the_other_head_kinds_has_one_source(heads, corpus, clean_gin):
+    """Strided, cluster-strided and hashing heads and the ReLU feed-forward: every model variable but RNG state
+    gets exactly one checkpoint name (the start vector shares id 0's embedding), and the names are distinct."""
+    from apps import gin_experiment
+    params = zoo_params(corpus) + [f"RoutingTransformerLM.{k} = {v}" for k, v in heads.items()]
+    params += convert_t2t.CONVERTER_BINDINGS
+    model, _ = gin_experiment.build_model(gin_experiment.parse_config([], params))
+    found = convert_t2t.sources(model)
+    names = [name for name, variable, _ in found if variable is not model.start]
+    assert len(names) == len(set(names))
+    targets = [id(variable) for _, variable, _ in found]
+    assert len(targets) == len(set(targets))
+    assert set(targets) == {id(v) for v in model.variables if not v.path.startswith("seed_generator")}
