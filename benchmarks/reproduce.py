@@ -2,7 +2,7 @@
 benchmarks/results/reproduce.md, reproduce.json, learning-curve PNGs and the README's section "The papers'
 claims, in miniature".
 
-    make reproduce                                    # every claim: under 2 hours on 2 CPU cores
+    make reproduce                                    # every claim: 1 h 52 min on 2 CPU cores (measured)
     python -m benchmarks.reproduce --claims=routing   # some claims; finished runs are kept and skipped
     python -m benchmarks.reproduce --local_text_dir=DIR   # your own text (any directory of text files)
     python -m benchmarks.reproduce --quick            # tiny models, a few steps: a smoke test of the harness

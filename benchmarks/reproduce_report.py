@@ -235,6 +235,8 @@ def claim_section(data, settings, claim, plot_path):
     lines += budget_note(runs, held, claim)
     lines += plateau_note(runs, halfway, claim)
     lines += load_note(runs)
+    if claim.findings:
+        lines += ["", f"What we found: {claim.findings}."]
     sweep = sweep_runs(data, settings, claim.name)
     if sweep:
         rates = sorted({lr for by_rate in sweep.values() for lr in by_rate})
@@ -288,7 +290,7 @@ def plateau_note(runs, halfway, claim):
 
 def budget_note(runs, held, claim):
     """When even the best arm is still worse than xz -9 on the held-out bytes: a sentence saying that the runs
-    are too short for the claim (the models have learned little beyond byte statistics); else nothing."""
+    are too short for the claim (the models are far from trained); else nothing."""
     finite = {arm: stats([r["bits_per_byte"] for r in records]) for arm, records in runs.items()}
     means = {arm: values[0] for arm, values in finite.items() if values}
     if not held or not means or min(means.values()) <= held["xz_bits_per_byte"]:
@@ -296,8 +298,8 @@ def budget_note(runs, held, claim):
     best = min(means, key=means.get)
     return ["", f"Every arm is still worse than xz -9 on the same bytes (best: {claim.arms[best]}, "
                 f"{means[best]:.3f} against {held['xz_bits_per_byte']:.3f} bits/byte): at this budget the models "
-                "have learned little beyond byte statistics, so the quality comparisons test little of what the "
-                "claim is about; more --steps would."]
+                "are far from trained, so the comparisons are between early stages of training and test little of "
+                "what the claim is about; more --steps would."]
 
 
 def load_note(runs):

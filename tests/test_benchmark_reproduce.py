@@ -313,3 +313,16 @@ def test_each_claim_is_reported_at_its_longest_finished_reproduction(quick_run):
                           learning_rates=tuple(reversed(settings.learning_rates)))
     assert reproduce_report.reported_settings(resweep, settings, "routing").learning_rates == tuple(
         reversed(settings.learning_rates))
+
+
+@pytest.mark.slow
+def test_findings_are_printed_in_their_claim_section(quick_run):
+    argv, _, data = quick_run
+    settings = reproduce.settings_of(reproduce.parse_args(argv))
+
+    def section(findings):
+        claim = dataclasses.replace(claims.CLAIMS["combiner"], findings=findings)
+        return "\n".join(reproduce_report.claim_section(data, settings, claim, None))
+
+    assert "What we found: a reason." in section("a reason")
+    assert "What we found" not in section("")
