@@ -157,11 +157,12 @@ def read_checkpoint(path):
 def assign(model, weights):
     """Copies `weights` ({name: array}) into `model`; `UserError` naming unknown, missing or misshapen ones."""
     wanted = sources(model)
-    missing = {name for name, _, _ in wanted} - set(weights)
+    names = {name for name, _, _ in wanted}
+    missing = names - set(weights)
     if missing:
         raise errors.UserError(f"the checkpoint lacks variables the model needs: {_listing(PREFIX + n for n in missing)}"
                                f"; does the gin file's model have the checkpoint's heads and options?")
-    unknown = set(weights) - {name for name, _, _ in wanted}
+    unknown = set(weights) - names
     if unknown:
         raise errors.UserError(f"the model has no place for checkpoint variables: {_listing(PREFIX + n for n in unknown)}"
                                f"; does the gin file's model have the checkpoint's layers, heads and options?")

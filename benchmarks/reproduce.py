@@ -323,9 +323,8 @@ def parse_args(argv=None):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name}={getattr(args, name)} is too short to reach one evaluation; it must be "
                              f">= 1")
-    scale = "quick" if args.quick else "full"
     for name in args.claims:
-        steps = args.steps or claim_specs.CLAIMS[name].sizes[scale].steps
+        steps = reproduce_report.claim_settings(settings_of(args), name).steps
         if steps < args.evals:
             raise UsageError(f"{steps} steps (claim {name!r}) are too short to reach {args.evals} evaluations "
                              f"(--evals); give at least as many --steps as evaluations")

@@ -175,6 +175,12 @@ def _flat_offsets(x):
     return ((ops.arange(batch)[:, None] * heads + ops.arange(heads)[None, :]) * length)[:, :, None]
 
 
+def cluster_average_divisor(count, count_epsilon):
+    """What a token's summed outputs over its `count` clusters are divided by: count + `count_epsilon` (the
+    original's, 0.01), or with 0 the exact count, at least 1 (a token in no cluster keeps its zero)."""
+    return count + count_epsilon if count_epsilon else ops.maximum(count, 1)
+
+
 def _scatter_mean(values, rows, like, count_epsilon):
     """Scatters values [b, h, ..., d] to the flat rows of `like` [b, h, length, d] and averages duplicates
     (divides by their count + `count_epsilon`); rows that receive nothing are zero."""
@@ -183,7 +189,7 @@ def _scatter_mean(values, rows, like, count_epsilon):
     rows = ops.reshape(rows, (-1,))
     total = ops.segment_sum(ops.reshape(values, (-1, values.shape[-1])), rows, num_segments=num_rows)
     count = ops.segment_sum(ops.ones_like(rows, dtype=values.dtype), rows, num_segments=num_rows)
-    out = total / (count + count_epsilon if count_epsilon else ops.maximum(count, 1))[:, None]
+    out = total / cluster_average_divisor(count, count_epsilon)[:, None]
     return ops.reshape(out, (shape[0], shape[1], shape[2], values.shape[-1]))
 
 

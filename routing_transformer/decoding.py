@@ -60,7 +60,7 @@ from keras import ops
 from common import kv_cache
 from common.attention.decoding import attend_gathered, register_decoder, require_causal
 from common.layers import layer_norm
-from routing_transformer.attention import check_membership, cluster_members
+from routing_transformer.attention import check_membership, cluster_average_divisor, cluster_members
 from routing_transformer.routing_scores import cluster_scores, num_routing_clusters
 
 
@@ -160,7 +160,7 @@ def step(x, q, k, v, cache, position, *, window, routing="balanced", share_qk=Tr
     options = dict(scale=scale, relative_keys=relative_keys, relative_values=relative_values)
     if routing == "causal":
         out, cache = _causal_step(queries, query_scores, cache, position, rows, num_rows, window, options)
-        return out / (1.0 + count_epsilon), cache  # a token is in one cluster
+        return out / (1.0 + count_epsilon), cache  # cluster_average_divisor of a token in one cluster
     key_scores = query_scores if share_qk else cluster_scores(keys, centroids, hash_projection)[..., 0]
     cache["key_scores"] = kv_cache.write(cache["key_scores"], position, key_scores[:, :, None])
     if not share_qk:
@@ -232,9 +232,7 @@ def _balanced_step(queries, cache, position, rows, num_rows, window, share_qk, m
     out = ops.reshape(out, (-1, heads, clusters, out.shape[-1]))
     weight = ops.cast(in_cluster, out.dtype)[..., None]
     total = ops.sum(out * weight, axis=2)
-    count = ops.sum(weight, axis=2)
-    count = count + count_epsilon if count_epsilon else ops.maximum(count, 1)
-    return (total / count)[:, :, None], cache
+    return (total / cluster_average_divisor(ops.sum(weight, axis=2), count_epsilon))[:, :, None], cache
 
 
 register_decoder("routing", start, step)
