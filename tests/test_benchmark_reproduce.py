@@ -118,6 +118,15 @@ def test_runs_of_an_older_revision_of_a_claim_are_not_reused(quick_run, monkeypa
     assert "| dense attention | not run yet |" in section
 
 
+def test_a_wider_sweep_reuses_the_runs_of_a_narrower_one():
+    narrow = reproduce.settings_of(reproduce.parse_args(["--learning_rates=2e-3"]))
+    wide = dataclasses.replace(narrow, learning_rates=(2e-3, 4e-3))
+    assert reproduce.run_key(wide, "sparse", "fixed", 2e-3, 1) == reproduce.run_key(narrow, "sparse", "fixed", 2e-3, 1)
+    assert reproduce.run_key(wide, "sparse", "fixed", 4e-3, 0) != reproduce.run_key(wide, "sparse", "fixed", 2e-3, 0)
+    for changed in (dict(steps=99), dict(eval_windows=3), dict(jit=False), dict(local_text_dir="/text")):
+        assert dataclasses.replace(narrow, **changed).key() != narrow.key(), changed
+
+
 def test_parameter_counts_of_the_full_miniatures_are_within_two_percent():
     for name in claims.CLAIMS:
         counts = claims.check_parameter_counts(name, "full")
@@ -225,6 +234,7 @@ def test_readme_section_is_replaced_and_the_rest_kept():
     (["--learning_rates=fast"], "--learning_rates='fast' is not a list of numbers"),
     (["--local_text_dir=/no/such/folder"], "is not a directory"),
     (["--readme=/no/such/README.md"], "--readme='/no/such/README.md' is not a file"),
+    (["--report_only", "--output=/no/such/stem"], "--report_only: no results at /no/such/stem.json"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message):
     result = run_module("benchmarks.reproduce", "--quick", *args, timeout=120)
