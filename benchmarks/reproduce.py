@@ -328,8 +328,9 @@ def parse_args(argv=None):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name}={getattr(args, name)} is too short to reach one evaluation; it must be "
                              f">= 1")
+    settings = settings_of(args)
     for name in args.claims:
-        steps = reproduce_report.claim_settings(settings_of(args), name).steps
+        steps = reproduce_report.claim_settings(settings, name).steps
         if steps < args.evals:
             raise UsageError(f"{steps} steps (claim {name!r}) are too short to reach {args.evals} evaluations "
                              f"(--evals); give at least as many --steps as evaluations")

@@ -36,11 +36,13 @@ def best_rate(sweep):
 
 
 def sweep_runs(data, settings, claim):
-    """{arm: {learning_rate: record}} of the seed-0 runs (the sweep) of `claim` under `settings`."""
+    """{arm: {learning_rate: record}} of the seed-0 runs (the sweep) of `claim` under `settings`, at its rates
+    only (run keys leave the rates out, so runs of a wider sweep share the key)."""
     key = claim_specs.runs_key(claim_settings(settings, claim).key(), claim)
     sweep = {}
     for run_key, record in data["runs"].items():
-        if run_key.endswith(key) and record.get("claim") == claim and record.get("seed") == 0:
+        if run_key.endswith(key) and record.get("claim") == claim and record.get("seed") == 0 \
+                and record["learning_rate"] in settings.learning_rates:
             sweep.setdefault(record["arm"], {})[record["learning_rate"]] = record
     return sweep
 

@@ -127,6 +127,22 @@ def test_a_wider_sweep_reuses_the_runs_of_a_narrower_one():
         assert dataclasses.replace(narrow, **changed).key() != narrow.key(), changed
 
 
+@pytest.mark.slow
+def test_a_seed_0_run_at_a_rate_outside_the_sweep_is_not_part_of_it(quick_run):
+    """Keys leave the rates out, so a wider sweep's runs sit beside a narrower one's; each reports its own."""
+    argv, _, data = quick_run
+    settings = reproduce.settings_of(reproduce.parse_args(argv))
+    before = reproduce_report.main_runs(data, settings, "routing")
+    record = before["local"][0]
+    outside = dict(record, learning_rate=1e-2, validation_bits_per_byte=record["validation_bits_per_byte"] - 1)
+    wider = dict(data, runs=dict(data["runs"], **{
+        reproduce.run_key(settings, "routing", "local", 1e-2, 0): outside}))
+    assert reproduce_report.main_runs(wider, settings, "routing") == before
+    assert 1e-2 not in reproduce_report.sweep_runs(wider, settings, "routing")["local"]
+    widened = dataclasses.replace(settings, learning_rates=settings.learning_rates + (1e-2,))
+    assert 1e-2 in reproduce_report.sweep_runs(wider, widened, "routing")["local"]
+
+
 def test_parameter_counts_of_the_full_miniatures_are_within_two_percent():
     for name in claims.CLAIMS:
         counts = claims.check_parameter_counts(name, "full")
