@@ -2,4 +2,16 @@
 
 import os
 
+import pytest
+
+from tests import custom_gradients
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(autouse=True)
+def release_custom_gradients():
+    """Each test's traced graphs are freed after it (`tests.custom_gradients`). Module- and session-scoped
+    fixtures are set up before this one, so the graphs they trace stay differentiable for every test."""
+    with custom_gradients.released():
+        yield
