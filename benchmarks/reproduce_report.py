@@ -353,20 +353,29 @@ def corpus_name(settings):
     return settings.local_text_dir or "the Python standard library (local_text)"
 
 
-def invocations(data):
-    """The commands that ran the JSON's runs, with their dates."""
-    return data.get("invocations") or [{"command": data.get("command"), "date": data.get("date")}]
+def last_run(data):
+    """The date of the newest invocation that added to the JSON."""
+    runs = data.get("invocations") or [{"date": data.get("date")}]
+    return runs[-1]["date"]
+
+
+def claim_command(settings, claim):
+    """The command that trains (or, from the JSON, reuses) the runs `claim` is reported under."""
+    flags = ["--quick"] if settings.scale == "quick" else []
+    flags += [f"--claims={claim}", f"--steps={settings.steps}",
+              "--learning_rates=" + ",".join(f"{rate:g}" for rate in settings.learning_rates)]
+    if settings.local_text_dir:
+        flags.append(f"--local_text_dir={settings.local_text_dir}")
+    return "`python -m benchmarks.reproduce " + " ".join(flags) + "`"
 
 
 def render(data, settings, output):
     """(the full report, the README section); writes the curve PNGs next to `output`."""
     reported = reported_by_claim(data, settings)
-    steps = sorted({s.steps for s in reported.values()})
     header = [f"- Machine: {data.get('machine', 'unknown')}", f"- Corpus: {corpus_name(settings)}",
-              "- Runs: " + "; ".join(f"`{i['command']}` ({i['date']})" for i in invocations(data)[-4:])
-              + "; " + (f"{steps[0]} steps per run" if len(steps) == 1 else "steps per run: " + ", ".join(
-                  f"{name} {s.steps}" for name, s in reported.items()) + " (each claim at its longest finished "
-                  "reproduction)") + ", "
+              "- Runs (each claim at its longest finished reproduction; rerunning a command reuses its runs): "
+              + "; ".join(claim_command(s, name) for name, s in reported.items())
+              + f"; last run {last_run(data)}; "
               f"{settings.evals} held-out evaluations of {settings.eval_windows} "
               f"windows, jit {'on' if settings.jit else 'off'}, scale {settings.scale!r}.",
               "- Each cell: mean [lowest, highest] over seeds of held-out (test split) bits/byte; verdicts: "

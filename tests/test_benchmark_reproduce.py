@@ -324,7 +324,10 @@ def test_each_claim_is_reported_at_its_longest_finished_reproduction(quick_run):
     report, _ = reproduce_report.render(longer, settings, stem)
     routing_row = next(line for line in report.splitlines() if line.startswith("| routing: routing + local"))
     assert f"local {reproduce_report.fmt(local)}" in routing_row
-    assert f"steps per run: routing {steps * 4}, sparse {steps}, combiner {steps}" in report
+    rates = ",".join(f"{rate:g}" for rate in settings.learning_rates)
+    for claim, claim_steps in (("routing", steps * 4), ("sparse", steps), ("combiner", steps)):  # what reruns it
+        assert (f"`python -m benchmarks.reproduce --quick --claims={claim} --steps={claim_steps} "
+                f"--learning_rates={rates} --local_text_dir={settings.local_text_dir}`") in report
     def sparse_rows(lines):
         return [line for line in lines if line.startswith("| sparse: ")]
 
