@@ -20,6 +20,7 @@ from benchmarks import claims as claim_specs
 
 README_START, README_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
 VERDICTS = ("holds", "does not hold", "inconclusive")
+SPEED_DRIFT = 1.2  # an undisturbed run this much slower per step than its arm's fastest: the machine was slower
 
 
 def claim_settings(settings, claim):
@@ -59,6 +60,31 @@ def main_runs(data, settings, claim):
                 and record["learning_rate"] == rates.get(record["arm"]):
             runs.setdefault(record["arm"], []).append(record)
     return {arm: sorted(records, key=lambda r: r["seed"]) for arm, records in runs.items()}
+
+
+def idle_step_times(data, settings, claim):
+    """{arm: [s/step of each undisturbed finished run]} of `claim` under `settings`, every swept rate and seed:
+    an arm's step costs the same at any rate and seed, so their spread is how far the machine's speed moved
+    between its runs."""
+    key = claim_specs.runs_key(claim_settings(settings, claim).key(), claim)
+    times = {}
+    for run_key, record in data["runs"].items():
+        if run_key.endswith(key) and record.get("claim") == claim and record.get("status") == "ok" \
+                and record["learning_rate"] in settings.learning_rates and not harness.disturbed(record):
+            times.setdefault(record["arm"], []).append(record["seconds_per_step"])
+    return times
+
+
+def speed_moved(runs, step_times, arms):
+    """(arm, slowest, fastest) of the arms with an undisturbed compared run more than SPEED_DRIFT slower per step
+    than the arm's fastest undisturbed run (`idle_step_times`): it was timed while the machine ran slower."""
+    moved = []
+    for arm in arms:
+        timed = [r["seconds_per_step"] for r in runs[arm] if not harness.disturbed(r)]
+        fastest = min(step_times.get(arm, ()) or [math.inf])
+        if timed and max(timed) > SPEED_DRIFT * fastest:
+            moved.append((arm, max(timed), fastest))
+    return moved
 
 
 def reported_settings(data, settings, claim):
@@ -161,8 +187,10 @@ def fmt(values, digits=3):
     return f"{s[0]:.{digits}f} [{s[1]:.{digits}f}, {s[2]:.{digits}f}]" if len(values) > 1 else f"{s[0]:.{digits}f}"
 
 
-def comparison_row(claim, comparison, runs):
-    """The report row of one comparison: dict of its cells, or None when an arm has no finished run."""
+def comparison_row(claim, comparison, runs, step_times=None):
+    """The report row of one comparison: dict of its cells, or None when an arm has no finished run. Where an
+    arm's compared runs were timed while the machine ran slower than in the arm's fastest run (`speed_moved`;
+    this machine's speed moves between days), the equal-time verdict is `inconclusive`."""
     arms = (comparison.arm,) + comparison.baselines
     if any(not runs.get(arm) for arm in arms):
         return None
@@ -176,11 +204,17 @@ def comparison_row(claim, comparison, runs):
     at_steps = {arm: [r["bits_per_byte"] for r in runs[arm]] for arm in arms}
     seconds, at_time = equal_time(runs, arms)
     kind = comparison.kind
-    return dict(
-        steps=" · ".join(f"{labels[a]} {fmt(at_steps[a])}" for a in arms),
-        steps_verdict=combine([judge(kind, at_steps[comparison.arm], at_steps[b]) for b in comparison.baselines]),
-        time=f"at {seconds:.0f} s: " + " · ".join(f"{labels[a]} {fmt(at_time[a])}" for a in arms),
-        time_verdict=combine([judge(kind, at_time[comparison.arm], at_time[b]) for b in comparison.baselines]))
+    time = f"at {seconds:.0f} s: " + " · ".join(f"{labels[a]} {fmt(at_time[a])}" for a in arms)
+    time_verdict = combine([judge(kind, at_time[comparison.arm], at_time[b]) for b in comparison.baselines])
+    moved = speed_moved(runs, step_times or {}, arms)
+    if moved:
+        time += " (timed on a slower machine: " + ", ".join(
+            f"{labels[arm]} {slowest:.2f} s/step, its fastest run {fastest:.2f}" for arm, slowest, fastest in moved) + ")"
+        time_verdict = "inconclusive"
+    return dict(steps=" · ".join(f"{labels[a]} {fmt(at_steps[a])}" for a in arms),
+                steps_verdict=combine([judge(kind, at_steps[comparison.arm], at_steps[b])
+                                       for b in comparison.baselines]),
+                time=time, time_verdict=time_verdict)
 
 
 def reported_by_claim(data, settings):
@@ -195,8 +229,9 @@ def claims_table(data, reported):
              "zoo, equal training time (compilation excluded) | verdict |", "| --- | --- | --- | --- | --- | --- |"]
     for claim in claim_specs.CLAIMS.values():
         runs = main_runs(data, reported[claim.name], claim.name)
+        step_times = idle_step_times(data, reported[claim.name], claim.name)
         for comparison in claim.comparisons:
-            row = comparison_row(claim, comparison, runs)
+            row = comparison_row(claim, comparison, runs, step_times)
             statement = f"{claim.name}: {comparison.statement}"
             if row is None:
                 lines.append(f"| {statement} | {comparison.paper} | not run yet | | | |")

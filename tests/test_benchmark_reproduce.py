@@ -355,3 +355,31 @@ def test_findings_are_printed_in_their_claim_section(quick_run):
 
     assert "What we found: a reason." in section("a reason")
     assert "What we found" not in section("")
+
+
+def test_a_run_timed_on_a_slower_machine_makes_the_equal_time_verdict_inconclusive():
+    """An arm's step costs the same at every rate and seed, so a compared run much slower per step than the arm's
+    fastest undisturbed run was timed while the machine ran slower: the equal-time view cannot judge the arms."""
+    def run(seed, seconds_per_step, last_bits, others=0.0):
+        steps, bits = [10, 20, 30, 40], [4.0, 3.0, 2.5, last_bits]
+        return {"seed": seed, "status": "ok", "tokens": 400, "parameters": 1000, "bits_per_byte": last_bits,
+                "seconds_per_step": seconds_per_step, "others_cpu_share": others,
+                "train_curve": [(s, s * seconds_per_step, 0.0) for s in steps],
+                "eval_curve": [(s, s * seconds_per_step, b) for s, b in zip(steps, bits)]}
+
+    claim = claims.CLAIMS["routing"]
+    comparison = next(c for c in claim.comparisons if c.name == "routing_beats_local")
+    routing = [run(0, 0.5, 1.0), run(1, 0.5, 1.1)]
+
+    def row(local_seconds_per_step, others=0.0, fastest=0.5):
+        runs = {"routing_causal": routing,
+                "local": [run(0, local_seconds_per_step, 2.0, others), run(1, local_seconds_per_step, 2.1, others)]}
+        step_times = {"routing_causal": [0.5, 0.5], "local": [fastest, local_seconds_per_step]}
+        return reproduce_report.comparison_row(claim, comparison, runs, step_times)
+
+    assert row(0.55)["time_verdict"] == "holds"  # within SPEED_DRIFT of the arm's fastest run
+    slower = row(0.75)
+    assert slower["time_verdict"] == "inconclusive" and slower["steps_verdict"] == "holds"
+    assert "timed on a slower machine: local 0.75 s/step, its fastest run 0.50" in slower["time"]
+    assert row(0.75, others=0.3)["time_verdict"] == "holds"  # disturbed: reported as such, not as the machine
+    assert row(0.75, fastest=0.7)["time_verdict"] == "holds"
