@@ -209,7 +209,8 @@ def comparison_row(claim, comparison, runs, step_times=None):
     moved = speed_moved(runs, step_times or {}, arms)
     if moved:
         time += " (timed on a slower machine: " + ", ".join(
-            f"{labels[arm]} {slowest:.2f} s/step, its fastest run {fastest:.2f}" for arm, slowest, fastest in moved) + ")"
+            f"{labels[arm]} {slowest:.2f} s/step, its fastest run {fastest:.2f}"
+            for arm, slowest, fastest in moved) + ")"
         time_verdict = "inconclusive"
     return dict(steps=" · ".join(f"{labels[a]} {fmt(at_steps[a])}" for a in arms),
                 steps_verdict=combine([judge(kind, at_steps[comparison.arm], at_steps[b])
