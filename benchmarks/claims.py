@@ -102,9 +102,9 @@ CLAIMS = {
                  "after the routing arms', while this machine ran slower (0.73 s/step undisturbed against 0.51 "
                  "for the same arm before), so the equal-time view of this claim needs every arm timed in one "
                  "session to be read. Routing heads can only add context beyond the local window once the model "
-                 "uses context at all. Longer runs of this claim (`--claims=routing --steps=2880`, about 4 hours on 2 cores) are "
-                 "the next check; the quality benchmark's routing preset shows the same model family trains well "
-                 "past this point",
+                 "uses context at all. Longer runs of this claim (`--claims=routing --steps=2880`, about 4 hours "
+                 "on 2 cores) are the next check; the quality benchmark's routing preset shows the same model "
+                 "family trains well past this point",
     ),
     "sparse": Claim(
         name="sparse",

@@ -20,8 +20,7 @@ Protocol, the same for every arm of a claim:
   arm (between the rates the cpu_small presets' validation sweeps chose at d=128: 1e-3 for 8,000 steps, 2e-3 for
   7,000 and 3.5e-3 for 1,100): no sweep, which keeps `make reproduce` to 2 seeds per arm within 2 hours;
   --learning_rates=2e-3,4e-3 sweeps (a wider sweep reuses the runs at rates it shares with a narrower one).
-  The committed results sweep the sparse claim over 1e-3, 2e-3 and 4e-3 and the combiner claim over 2e-3 and
-  4e-3 (the report's sweep tables).
+  The committed results sweep every claim over 1e-3, 2e-3 and 4e-3 (the report's sweep tables).
 - Two views: equal steps (the last evaluation) and equal wall time (each run's held-out curve at the training
   seconds of the fastest arm; compilation and evaluation are not counted).
 Runs are recorded in the JSON as they finish, keyed by claim, arm, learning rate, seed and the settings that

@@ -36,14 +36,20 @@ def best_rate(sweep):
     return min(scored, key=scored.get) if scored else None
 
 
-def sweep_runs(data, settings, claim):
-    """{arm: {learning_rate: record}} of the seed-0 runs (the sweep) of `claim` under `settings`, at its rates
-    only (run keys leave the rates out, so runs of a wider sweep share the key)."""
+def claim_records(data, settings, claim):
+    """{run key: record} of `claim` under `settings` at its swept rates, in the JSON's order (run keys leave the
+    rates out, so the runs of a wider sweep share the key and are left out here)."""
     key = claim_specs.runs_key(claim_settings(settings, claim).key(), claim)
+    return {run_key: record for run_key, record in data["runs"].items()
+            if run_key.endswith(key) and record.get("claim") == claim
+            and record["learning_rate"] in settings.learning_rates}
+
+
+def sweep_runs(data, settings, claim):
+    """{arm: {learning_rate: record}} of the seed-0 runs (the sweep) of `claim` under `settings`."""
     sweep = {}
-    for run_key, record in data["runs"].items():
-        if run_key.endswith(key) and record.get("claim") == claim and record.get("seed") == 0 \
-                and record["learning_rate"] in settings.learning_rates:
+    for record in claim_records(data, settings, claim).values():
+        if record.get("seed") == 0:
             sweep.setdefault(record["arm"], {})[record["learning_rate"]] = record
     return sweep
 
@@ -51,13 +57,11 @@ def sweep_runs(data, settings, claim):
 def main_runs(data, settings, claim):
     """{arm: [record of each seed, by seed]}: the finished runs of `claim` under `settings` at each arm's rate
     chosen by the sweep."""
-    key = claim_specs.runs_key(claim_settings(settings, claim).key(), claim)
     rates = {arm: best_rate(list(by_rate.values())) for arm, by_rate in sweep_runs(data, settings, claim).items()
              if all(by_rate.get(lr, {}).get("status") == "ok" for lr in settings.learning_rates)}
     runs = {}
-    for run_key, record in sorted(data["runs"].items()):
-        if run_key.endswith(key) and record.get("status") == "ok" and record["claim"] == claim \
-                and record["learning_rate"] == rates.get(record["arm"]):
+    for _, record in sorted(claim_records(data, settings, claim).items()):
+        if record.get("status") == "ok" and record["learning_rate"] == rates.get(record["arm"]):
             runs.setdefault(record["arm"], []).append(record)
     return {arm: sorted(records, key=lambda r: r["seed"]) for arm, records in runs.items()}
 
@@ -66,11 +70,9 @@ def idle_step_times(data, settings, claim):
     """{arm: [s/step of each undisturbed finished run]} of `claim` under `settings`, every swept rate and seed:
     an arm's step costs the same at any rate and seed, so their spread is how far the machine's speed moved
     between its runs."""
-    key = claim_specs.runs_key(claim_settings(settings, claim).key(), claim)
     times = {}
-    for run_key, record in data["runs"].items():
-        if run_key.endswith(key) and record.get("claim") == claim and record.get("status") == "ok" \
-                and record["learning_rate"] in settings.learning_rates and not harness.disturbed(record):
+    for record in claim_records(data, settings, claim).values():
+        if record.get("status") == "ok" and not harness.disturbed(record):
             times.setdefault(record["arm"], []).append(record["seconds_per_step"])
     return times
 
@@ -187,7 +189,7 @@ def fmt(values, digits=3):
     return f"{s[0]:.{digits}f} [{s[1]:.{digits}f}, {s[2]:.{digits}f}]" if len(values) > 1 else f"{s[0]:.{digits}f}"
 
 
-def comparison_row(claim, comparison, runs, step_times=None):
+def comparison_row(claim, comparison, runs, step_times):
     """The report row of one comparison: dict of its cells, or None when an arm has no finished run. Where an
     arm's compared runs were timed while the machine ran slower than in the arm's fastest run (`speed_moved`;
     this machine's speed moves between days), the equal-time verdict is `inconclusive`."""
@@ -206,7 +208,7 @@ def comparison_row(claim, comparison, runs, step_times=None):
     kind = comparison.kind
     time = f"at {seconds:.0f} s: " + " · ".join(f"{labels[a]} {fmt(at_time[a])}" for a in arms)
     time_verdict = combine([judge(kind, at_time[comparison.arm], at_time[b]) for b in comparison.baselines])
-    moved = speed_moved(runs, step_times or {}, arms)
+    moved = speed_moved(runs, step_times, arms)
     if moved:
         time += " (timed on a slower machine: " + ", ".join(
             f"{labels[arm]} {slowest:.2f} s/step, its fastest run {fastest:.2f}"
