@@ -21,8 +21,12 @@ Protocol, the same for every arm of a claim:
   7,000 and 3.5e-3 for 1,100): no sweep, which keeps `make reproduce` to 2 seeds per arm within 2 hours;
   --learning_rates=2e-3,4e-3 sweeps (a wider sweep reuses the runs at rates it shares with a narrower one).
   The committed results sweep every claim over 1e-3, 2e-3 and 4e-3 (the report's sweep tables).
-- Two views: equal steps (the last evaluation) and equal wall time (each run's held-out curve at the training
-  seconds of the fastest arm; compilation and evaluation are not counted).
+- Two views: equal steps (the last evaluation) and equal training time: each run's held-out curve against
+  steps x its arm's seconds per step, read at the training seconds of the arm that finishes first (compilation
+  and evaluation are not counted). The seconds per step come from one paired timing per claim, not from the
+  runs: every arm's step is built and compiled in one process and timed in rounds, the arms in turn, so each arm
+  sees the machine at the same speed (this machine's speed moves between days by up to 1.4x, and a claim's runs
+  can be days apart). `--retime` times the selected claims again.
 Runs are recorded in the JSON as they finish, keyed by claim, arm, learning rate, seed and the settings that
 shape a run; a rerun does only what is missing. Each run trains in a fresh process (--quick: in this one,
 with tf.functions run eagerly, since tracing would cost more than a few steps of a tiny model).
@@ -33,6 +37,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import lzma
 import math
@@ -145,6 +150,44 @@ def train_run(settings, claim, arm, learning_rate, seed, data_dir=None):
             "eval_curve": eval_curve}
 
 
+# Paired timing (`time_arms`): rounds, and steps of each arm per round (~10 s at full scale on 2 cores).
+TIMING = {"full": dict(rounds=5, steps=12), "quick": dict(rounds=3, steps=2)}
+
+
+def time_arms(settings, claim, data_dir=None):
+    """Seconds per training step of every arm of `claim`, timed back to back in this process: each arm's model,
+    optimizer and compiled step (its seed-0 run's) are built and compiled first, then every round times
+    `TIMING` steps of each arm in turn, the order rotating between rounds. Returns {"arms": {arm: [s/step of
+    each round]}, "others_cpu_share", "rounds", "steps_per_round"}."""
+    from apps import gin_experiment, steps
+
+    arms = list(claim_specs.CLAIMS[claim].arms)
+    prepared = {}
+    for arm in arms:
+        params = experiment_params(settings, claim, arm, settings.learning_rates[0], 0, data_dir)
+        experiment = gin_experiment.parse_config([], params)
+        model, _ = gin_experiment.build_model(experiment)
+        optimizer = gin_experiment.make_optimizer(experiment, model)
+        step = steps.make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile)
+        batches = list(itertools.islice(gin_experiment.make_dataset(experiment, "train", training=True), 2))
+        float(step(batches[0])["loss"])  # traced and compiled before the timing
+        prepared[arm] = step, batches
+    rounds, count = TIMING[settings.scale]["rounds"], TIMING[settings.scale]["steps"]
+    times = {arm: [] for arm in arms}
+    harness.wait_for_idle(60)
+    before = harness.cpu_seconds()
+    for index in range(rounds):
+        for arm in arms[index % len(arms):] + arms[:index % len(arms)]:
+            step, batches = prepared[arm]
+            started = time.perf_counter()
+            for n in range(count):
+                outputs = step(batches[n % len(batches)])
+            float(outputs["loss"])
+            times[arm].append((time.perf_counter() - started) / count)
+    return {"arms": times, "others_cpu_share": harness.others_cpu_share(before, harness.cpu_seconds()),
+            "rounds": rounds, "steps_per_round": count}
+
+
 def held_out_text(settings, claim, data_dir=None):
     """The test-split bytes a claim's evaluation scores (its first eval_windows windows, unpadded)."""
     from apps import evaluation, gin_experiment
@@ -197,6 +240,26 @@ def eager_functions():
         yield
     finally:
         tf.config.run_functions_eagerly(before)
+
+
+def time_claim(name, settings, args, results, log):
+    """The paired timing of `name`'s arms (`time_arms`), recorded in `results` unless it is there already and
+    `--retime` was not given."""
+    key = reproduce_report.timing_key(settings, name)
+    costs = results.data.setdefault("step_costs", {})
+    if key in costs and costs[key].get("status") == "ok" and not args.retime:
+        return
+    if args.in_process:
+        with eager_functions():
+            record = {"status": "ok", **time_arms(settings, name, args.data_dir)}
+    else:
+        record = run_in_subprocess(settings, dict(claim=name, timing=True), args)
+    record["date"] = datetime.datetime.now().isoformat(timespec="seconds")
+    costs[key] = record
+    results.save()
+    log(f"{name} paired timing: " + (", ".join(f"{arm} {sum(t) / len(t):.3f}" for arm, t in record["arms"].items())
+                                     + " s/step" if record["status"] == "ok" else
+                                     f"{record['status']} {record.get('error', '')}"))
 
 
 def run_in_subprocess(settings, spec, args):
@@ -300,6 +363,8 @@ def parse_args(argv=None):
                                                        "repository's, unless --quick or --output is given)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per run")
     parser.add_argument("--memory_limit_gib", type=float, default=20)
+    parser.add_argument("--retime", action="store_true",
+                        help="time the selected claims' arms again (the paired timing of the equal-time view)")
     parser.add_argument("--report_only", action="store_true",
                         help="rewrite the report (and README section) from the JSON, training nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -363,7 +428,11 @@ def main(argv=None):
         quiet_libraries()
         settings = settings_of(args)
         if args.worker:
-            record = train_run(settings, data_dir=args.data_dir, **json.loads(args.worker))
+            spec = json.loads(args.worker)
+            if spec.pop("timing", False):
+                record = time_arms(settings, spec["claim"], args.data_dir)
+            else:
+                record = train_run(settings, data_dir=args.data_dir, **spec)
             print(harness.RESULT_TAG + json.dumps(record), flush=True)
             return
         output = args.output or DEFAULT_OUTPUT
@@ -383,8 +452,12 @@ def main(argv=None):
     results.data["machine"] = harness.machine()
     results.data.setdefault("invocations", []).append(
         {"command": command, "date": datetime.datetime.now().isoformat(timespec="seconds")})
+    def log(line):
+        print(line, file=sys.stderr, flush=True)
+
     for name in args.claims:
-        run_claim(name, settings, args, results, lambda line: print(line, file=sys.stderr, flush=True))
+        run_claim(name, settings, args, results, log)
+        time_claim(name, settings, args, results, log)
     reproduce_report.write(results.data, settings, output, readme)
 
 

@@ -7,7 +7,11 @@ a single seed has no spread, so its comparisons are `inconclusive`):
 - beats: gap = baseline mean - arm mean; `holds` if gap > spread, `does not hold` if gap < -spread, else
   `inconclusive`; against several baselines every one must hold.
 - matches: margin = 2% of the baseline mean - (arm mean - baseline mean); the same rule on the margin.
-- faster: the same rule as beats on seconds per step.
+- faster: the same rule as beats on seconds per step, over the rounds of the claim's paired timing.
+The equal-time view reads each run's curve against steps x its arm's seconds per step from the paired timing
+(`reproduce.time_arms`: every arm timed in one process, in turn), never against the run's own clock, which moved
+with this machine's speed between the days of a claim's runs; a paired timing that other processes disturbed
+makes the equal-time verdict `inconclusive`.
 """
 
 import dataclasses
@@ -20,8 +24,6 @@ from benchmarks import claims as claim_specs
 
 README_START, README_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
 VERDICTS = ("holds", "does not hold", "inconclusive")
-SPEED_DRIFT = 1.2  # an undisturbed run this much slower per step than its arm's fastest: the machine was slower
-
 
 def claim_settings(settings, claim):
     """`settings` with the steps of `claim`'s size where --steps left them open."""
@@ -66,27 +68,21 @@ def main_runs(data, settings, claim):
     return {arm: sorted(records, key=lambda r: r["seed"]) for arm, records in runs.items()}
 
 
-def idle_step_times(data, settings, claim):
-    """{arm: [s/step of each undisturbed finished run]} of `claim` under `settings`, every swept rate and seed:
-    an arm's step costs the same at any rate and seed, so their spread is how far the machine's speed moved
-    between its runs."""
-    times = {}
-    for record in claim_records(data, settings, claim).values():
-        if record.get("status") == "ok" and not harness.disturbed(record):
-            times.setdefault(record["arm"], []).append(record["seconds_per_step"])
-    return times
+def timing_key(settings, claim):
+    """What a claim's paired timing depends on: its arms (the claim's revision), their size (scale) and XLA; not
+    the steps, rates or corpus of its runs."""
+    return f"{claim}/" + claim_specs.runs_key(f"{settings.scale}/jit={'on' if settings.jit else 'off'}", claim)
 
 
-def speed_moved(runs, step_times, arms):
-    """(arm, slowest, fastest) of the arms with an undisturbed compared run more than SPEED_DRIFT slower per step
-    than the arm's fastest undisturbed run (`idle_step_times`): it was timed while the machine ran slower."""
-    moved = []
-    for arm in arms:
-        timed = [r["seconds_per_step"] for r in runs[arm] if not harness.disturbed(r)]
-        fastest = min(step_times.get(arm, ()) or [math.inf])
-        if timed and max(timed) > SPEED_DRIFT * fastest:
-            moved.append((arm, max(timed), fastest))
-    return moved
+def step_costs(data, settings, claim):
+    """The finished paired timing of `claim` (`reproduce.time_arms`) under `settings`, or None."""
+    record = data.get("step_costs", {}).get(timing_key(settings, claim))
+    return record if record and record.get("status") == "ok" else None
+
+
+def seconds_per_step(timing, arm):
+    """The mean over the paired timing's rounds of one arm's seconds per step."""
+    return stats(timing["arms"][arm])[0]
 
 
 def reported_settings(data, settings, claim):
@@ -122,23 +118,18 @@ def interpolate(curve, seconds):
     return points[-1][1] if points and math.isclose(points[-1][0], seconds) else None
 
 
-def compile_seconds(record):
-    """Seconds of the first logged steps beyond their steady cost: tracing and XLA compilation."""
-    step, seconds, _ = next(p for p in record["train_curve"] if p[1] is not None)
-    return max(0.0, seconds - step * record["seconds_per_step"])
+def timed_curve(record, per_step):
+    """The run's eval curve [(step, training seconds, bits)] at `per_step` seconds per step (its arm's paired
+    timing; compilation and evaluation excluded)."""
+    return [(step, step * per_step, bits) for step, _, bits in record["eval_curve"]]
 
 
-def steady_curve(record):
-    """The run's eval curve with compilation taken out of its training seconds."""
-    overhead = compile_seconds(record)
-    return [(step, None if s is None else max(0.0, s - overhead), bits) for step, s, bits in record["eval_curve"]]
-
-
-def equal_time(runs, arms):
-    """The training seconds (compilation excluded) every run of `arms` reached, i.e. the fastest run's total,
-    and each arm's held-out bits there: (seconds, {arm: [bits per seed]})."""
-    seconds = min(steady_curve(r)[-1][1] for arm in arms for r in runs[arm])
-    return seconds, {arm: [interpolate(steady_curve(r), seconds) for r in runs[arm]] for arm in arms}
+def equal_time(runs, arms, timing):
+    """The training seconds every run of `arms` reached at its arm's paired-timing cost, i.e. the first arm to
+    finish's total, and each arm's held-out bits there: (seconds, {arm: [bits per seed]})."""
+    per_step = {arm: seconds_per_step(timing, arm) for arm in arms}
+    seconds = min(timed_curve(r, per_step[arm])[-1][1] for arm in arms for r in runs[arm])
+    return seconds, {arm: [interpolate(timed_curve(r, per_step[arm]), seconds) for r in runs[arm]] for arm in arms}
 
 
 def stats(values):
@@ -189,31 +180,46 @@ def fmt(values, digits=3):
     return f"{s[0]:.{digits}f} [{s[1]:.{digits}f}, {s[2]:.{digits}f}]" if len(values) > 1 else f"{s[0]:.{digits}f}"
 
 
-def comparison_row(claim, comparison, runs, step_times):
-    """The report row of one comparison: dict of its cells, or None when an arm has no finished run. Where an
-    arm's compared runs were timed while the machine ran slower than in the arm's fastest run (`speed_moved`;
-    this machine's speed moves between days), the equal-time verdict is `inconclusive`."""
+def timing_problem(timing):
+    """Why the paired timing cannot judge time (not made yet, or disturbed by other processes), or None."""
+    if timing is None:
+        return "no paired timing yet (`--retime`)"
+    if harness.disturbed(timing):
+        return (f"paired timing disturbed: other processes used {timing['others_cpu_share']:.0%} of the CPU "
+                "(`--retime`)")
+    return None
+
+
+def comparison_row(claim, comparison, runs, timing):
+    """The report row of one comparison: dict of its cells, or None when an arm has no finished run. `timing`:
+    the claim's paired timing (`step_costs`), or None; without an undisturbed one, time verdicts are
+    `inconclusive`."""
     arms = (comparison.arm,) + comparison.baselines
     if any(not runs.get(arm) for arm in arms):
         return None
     check_equal_footing(runs, arms, claim.name)
     labels = {arm: arm.replace("_", " ") for arm in arms}
+    problem = timing_problem(timing)
     if comparison.kind == "faster":
-        values = {arm: [r["seconds_per_step"] for r in runs[arm]] for arm in arms}
-        cell = " · ".join(f"{labels[a]} {fmt(values[a])} s/step" for a in arms)
-        verdict = combine([judge("beats", values[comparison.arm], values[b]) for b in comparison.baselines])
+        if timing is None:
+            return dict(steps=problem, steps_verdict="inconclusive", time="(a speed claim)",
+                        time_verdict="inconclusive")
+        values = {arm: timing["arms"][arm] for arm in arms}
+        cell = " · ".join(f"{labels[a]} {fmt(values[a])} s/step" for a in arms) + (
+            f" ({problem})" if problem else f" (paired timing, {timing['rounds']} rounds)")
+        verdict = "inconclusive" if problem else combine(
+            [judge("beats", values[comparison.arm], values[b]) for b in comparison.baselines])
         return dict(steps=cell, steps_verdict=verdict, time="(a speed claim)", time_verdict=verdict)
-    at_steps = {arm: [r["bits_per_byte"] for r in runs[arm]] for arm in arms}
-    seconds, at_time = equal_time(runs, arms)
     kind = comparison.kind
-    time = f"at {seconds:.0f} s: " + " · ".join(f"{labels[a]} {fmt(at_time[a])}" for a in arms)
-    time_verdict = combine([judge(kind, at_time[comparison.arm], at_time[b]) for b in comparison.baselines])
-    moved = speed_moved(runs, step_times, arms)
-    if moved:
-        time += " (timed on a slower machine: " + ", ".join(
-            f"{labels[arm]} {slowest:.2f} s/step, its fastest run {fastest:.2f}"
-            for arm, slowest, fastest in moved) + ")"
-        time_verdict = "inconclusive"
+    at_steps = {arm: [r["bits_per_byte"] for r in runs[arm]] for arm in arms}
+    if timing is None:
+        time, time_verdict = problem, "inconclusive"
+    else:
+        seconds, at_time = equal_time(runs, arms, timing)
+        time = f"at {seconds:.0f} s: " + " · ".join(f"{labels[a]} {fmt(at_time[a])}" for a in arms)
+        time_verdict = combine([judge(kind, at_time[comparison.arm], at_time[b]) for b in comparison.baselines])
+        if problem:
+            time, time_verdict = f"{time} ({problem})", "inconclusive"
     return dict(steps=" · ".join(f"{labels[a]} {fmt(at_steps[a])}" for a in arms),
                 steps_verdict=combine([judge(kind, at_steps[comparison.arm], at_steps[b])
                                        for b in comparison.baselines]),
@@ -232,9 +238,9 @@ def claims_table(data, reported):
              "zoo, equal training time (compilation excluded) | verdict |", "| --- | --- | --- | --- | --- | --- |"]
     for claim in claim_specs.CLAIMS.values():
         runs = main_runs(data, reported[claim.name], claim.name)
-        step_times = idle_step_times(data, reported[claim.name], claim.name)
+        timing = step_costs(data, reported[claim.name], claim.name)
         for comparison in claim.comparisons:
-            row = comparison_row(claim, comparison, runs, step_times)
+            row = comparison_row(claim, comparison, runs, timing)
             statement = f"{claim.name}: {comparison.statement}"
             if row is None:
                 lines.append(f"| {statement} | {comparison.paper} | not run yet | | | |")
@@ -259,8 +265,10 @@ def claim_section(data, settings, claim, plot_path):
     if held:
         lines += [f"Held-out: {held['bytes']:,} bytes of the test split; xz -9 on the same bytes: "
                   f"{held['xz_bits_per_byte']:.3f} bits/byte.", ""]
-    lines += ["| arm | parameters | learning rate | seeds | steps | tokens | s/step | held-out bits/byte per seed | "
-              "mean at half the steps |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    timing = step_costs(data, settings, claim.name)
+    lines += ["| arm | parameters | learning rate | seeds | steps | tokens | s/step (paired timing) | held-out "
+              "bits/byte per seed | mean at half the steps |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     halfway = means_at_half_steps(runs)
     for arm, label in claim.arms.items():
         records = runs.get(arm)
@@ -268,13 +276,13 @@ def claim_section(data, settings, claim, plot_path):
             lines.append(f"| {label} | not run yet | | | | | | | |")
             continue
         first = records[0]
-        per_step = stats([r["seconds_per_step"] for r in records])
+        per_step = f"{seconds_per_step(timing, arm):.3f}" if timing else "n/a"
         lines.append(f"| {label} | {first['parameters']:,} | {first['learning_rate']:g} | {len(records)} | "
-                     f"{first['steps']:,} | {first['tokens']:,} | {per_step[0]:.2f} | "
+                     f"{first['steps']:,} | {first['tokens']:,} | {per_step} | "
                      + ", ".join(f"{r['bits_per_byte']:.3f}" for r in records) + f" | {halfway[arm]:.3f} |")
     lines += budget_note(runs, held, claim)
     lines += plateau_note(runs, halfway, claim)
-    lines += load_note(runs)
+    lines += timing_note(timing)
     if claim.findings:
         lines += ["", f"What we found: {claim.findings}."]
     sweep = sweep_runs(data, settings, claim.name)
@@ -342,18 +350,15 @@ def budget_note(runs, held, claim):
                 "what the claim is about; more --steps would."]
 
 
-def load_note(runs):
-    """When other processes used more than the harness's busy share of the CPU during some reported runs: a
-    sentence saying so, since their s/step and the equal-time view carry that load (the bits/byte at a step do
-    not: a seed fixes them); else nothing."""
-    records = [r for records in runs.values() for r in records]
-    busy = [r["others_cpu_share"] for r in records if harness.disturbed(r)]
-    if not busy:
-        return []
-    low, high = round(100 * min(busy)), round(100 * max(busy))
-    return ["", f"Timing disturbed: other processes used {low if low == high else f'{low}-{high}'}% of the CPU "
-                f"during {len(busy)} of these {len(records)} runs, so their s/step and the equal-time view are "
-                "slower than on an idle machine; the equal-step bits/byte are not affected."]
+def timing_note(timing):
+    """How the s/step column and the equal-time view were timed: the paired timing's rounds, date and load."""
+    if timing is None:
+        return ["", "Not timed yet: the equal-time view needs the claim's paired timing (`--retime`)."]
+    load = f"other processes used {timing['others_cpu_share']:.0%} of the CPU"
+    return ["", f"s/step: the paired timing of {timing.get('date', 'an unrecorded date')[:10]}, every arm's compiled "
+                f"step timed in one process, {timing['rounds']} rounds of {timing['steps_per_round']} steps each, "
+                f"the arms in turn ({load}" + (", so its times are disturbed" if harness.disturbed(timing) else "")
+                + "); the equal-time view reads each run's curve at these costs."]
 
 
 def plot_claim(data, settings, claim, path):
@@ -361,6 +366,7 @@ def plot_claim(data, settings, claim, path):
     runs = main_runs(data, settings, claim.name)
     if not runs:
         return None
+    timing = step_costs(data, settings, claim.name)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -370,12 +376,14 @@ def plot_claim(data, settings, claim, path):
     for index, (arm, records) in enumerate(sorted(runs.items())):
         colour = f"C{index}"
         for n, record in enumerate(records):
-            points = [p for p in steady_curve(record) if p[1] is not None]
             label = claim.arms[arm] if n == 0 else None
+            points = record["eval_curve"]
             by_step.plot([p[0] for p in points], [p[2] for p in points], color=colour, marker="o", label=label)
-            by_time.plot([p[1] for p in points], [p[2] for p in points], color=colour, marker="o", label=label)
+            if timing:
+                points = timed_curve(record, seconds_per_step(timing, arm))
+                by_time.plot([p[1] for p in points], [p[2] for p in points], color=colour, marker="o", label=label)
     by_step.set_xlabel("step")
-    by_time.set_xlabel("training seconds (compilation and evaluation excluded)")
+    by_time.set_xlabel("training seconds at the paired timing's s/step" if timing else "not timed yet")
     for axes in (by_step, by_time):
         axes.set_ylabel("held-out bits/byte")
         axes.grid(alpha=0.3)

@@ -52,11 +52,15 @@ def test_quick_reproduction_has_every_claim_row_with_a_verdict_cell(quick_run):
         assert cells[3] in reproduce_report.VERDICTS and cells[5] in reproduce_report.VERDICTS, row
     for claim in claims.CLAIMS:
         assert os.path.getsize(f"{stem}_{claim}.png") > 1000
+    settings = reproduce.settings_of(reproduce.parse_args(quick_run[0]))
+    for name, claim in claims.CLAIMS.items():  # one paired timing per claim: every arm, every round
+        timing = reproduce_report.step_costs(data, settings, name)
+        assert set(timing["arms"]) == set(claim.arms) and timing["rounds"] == reproduce.TIMING["quick"]["rounds"]
+        assert all(len(times) == timing["rounds"] and min(times) > 0 for times in timing["arms"].values())
     # Seed 0 of every arm at both sweep rates, seed 1 at the rate with the better validation bits.
     arms = sum(len(c.arms) for c in claims.CLAIMS.values())
     assert len(data["runs"]) == arms * 3
     assert {r["split"] for r in data["runs"].values()} == {"test"}
-    settings = reproduce.settings_of(reproduce.parse_args(quick_run[0]))
     for name, claim in claims.CLAIMS.items():
         sweep = reproduce_report.sweep_runs(data, settings, name)
         for arm, records in reproduce_report.main_runs(data, settings, name).items():
@@ -88,6 +92,7 @@ def test_rerun_trains_nothing_and_the_report_is_regenerated_from_the_json(quick_
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(reproduce, "train_run", refuse)
+    monkeypatch.setattr(reproduce, "time_arms", refuse)
     reproduce.main(argv)
     with open(stem + ".json") as f:
         again = json.load(f)
@@ -177,16 +182,14 @@ def test_verdict_rule(kind, arm, baseline, verdict):
     assert reproduce_report.judge(kind, arm, baseline) == verdict
 
 
-def test_equal_time_interpolates_each_run_at_the_fastest_runs_steady_seconds():
-    def run(seconds_per_step, compile_s, bits):
-        steps = [10, 20, 30, 40]
-        return {"seconds_per_step": seconds_per_step, "train_seconds": compile_s + 40 * seconds_per_step,
-                "train_curve": [(s, compile_s + s * seconds_per_step, 0.0) for s in steps],
-                "eval_curve": [(s, compile_s + s * seconds_per_step, b) for s, b in zip(steps, bits)]}
+def test_equal_time_reads_each_run_at_its_arms_paired_timing_not_its_own_clock():
+    def run(own_seconds, bits):  # the run's own clock: compilation, evaluation and the machine's speed that day
+        return {"eval_curve": [(s, own_seconds * s + 30.0, b) for s, b in zip([10, 20, 30, 40], bits)]}
 
-    fast, slow = run(1.0, 30.0, [4, 3, 2, 1]), run(2.0, 5.0, [4.0, 3.0, 2.0, 1.0])
-    seconds, values = reproduce_report.equal_time({"fast": [fast], "slow": [slow]}, ("fast", "slow"))
-    assert seconds == pytest.approx(40.0)  # compilation (30 s) is not training time
+    fast, slow = run(3.0, [4, 3, 2, 1]), run(0.5, [4.0, 3.0, 2.0, 1.0])
+    timing = {"arms": {"fast": [0.9, 1.1], "slow": [2.0, 2.0]}}
+    seconds, values = reproduce_report.equal_time({"fast": [fast], "slow": [slow]}, ("fast", "slow"), timing)
+    assert seconds == pytest.approx(40.0)  # 40 steps at 1.0 s/step
     assert values["fast"] == [pytest.approx(1.0)] and values["slow"] == [pytest.approx(3.0)]  # slow at step 20
     assert reproduce_report.interpolate([(1, 10.0, 5.0)], 3.0) is None  # before the first evaluation
 
@@ -226,13 +229,13 @@ def test_arms_still_on_a_plateau_while_others_left_it_are_named():
     assert note({"dense": [run(3.64, 3.63)], "fixed": [run(3.5, 3.49)]}) == ""
 
 
-def test_runs_timed_under_load_are_named_in_the_report():
-    runs = {"local": [{"status": "ok", "others_cpu_share": 0.02}, {"status": "ok", "others_cpu_share": 0.35}],
-            "routing_causal": [{"status": "ok", "others_cpu_share": 0.15}]}
-    note = " ".join(reproduce_report.load_note(runs))
-    assert "15-35% of the CPU during 2 of these 3 runs" in note and "equal-time view" in note
-    runs = {"local": [{"status": "ok", "others_cpu_share": 0.02}], "routing_causal": [{"status": "ok"}]}
-    assert reproduce_report.load_note(runs) == []
+def test_the_paired_timing_and_its_load_are_described_in_the_claim_section():
+    timing = {"status": "ok", "arms": {"local": [0.5]}, "others_cpu_share": 0.02, "rounds": 5,
+              "steps_per_round": 12, "date": "2026-12-07T19:30:00"}
+    note = " ".join(reproduce_report.timing_note(timing))
+    assert "paired timing of 2026-12-07" in note and "5 rounds of 12 steps" in note and "used 2% of the CPU)" in note
+    assert "disturbed" in " ".join(reproduce_report.timing_note(dict(timing, others_cpu_share=0.35)))
+    assert "--retime" in " ".join(reproduce_report.timing_note(None))
 
 
 def test_readme_section_is_replaced_and_the_rest_kept():
@@ -357,29 +360,36 @@ def test_findings_are_printed_in_their_claim_section(quick_run):
     assert "What we found" not in section("")
 
 
-def test_a_run_timed_on_a_slower_machine_makes_the_equal_time_verdict_inconclusive():
-    """An arm's step costs the same at every rate and seed, so a compared run much slower per step than the arm's
-    fastest undisturbed run was timed while the machine ran slower: the equal-time view cannot judge the arms."""
-    def run(seed, seconds_per_step, last_bits, others=0.0):
+def test_time_verdicts_come_from_an_undisturbed_paired_timing_only():
+    """The runs' own clocks (here the routing runs' 3x slower day) do not enter; a missing or disturbed paired
+    timing makes the time verdicts inconclusive and says how to redo it."""
+    def run(seed, own_seconds_per_step, last_bits):
         steps, bits = [10, 20, 30, 40], [4.0, 3.0, 2.5, last_bits]
         return {"seed": seed, "status": "ok", "tokens": 400, "parameters": 1000, "bits_per_byte": last_bits,
-                "seconds_per_step": seconds_per_step, "others_cpu_share": others,
-                "train_curve": [(s, s * seconds_per_step, 0.0) for s in steps],
-                "eval_curve": [(s, s * seconds_per_step, b) for s, b in zip(steps, bits)]}
+                "eval_curve": [(s, s * own_seconds_per_step, b) for s, b in zip(steps, bits)]}
 
     claim = claims.CLAIMS["routing"]
     comparison = next(c for c in claim.comparisons if c.name == "routing_beats_local")
-    routing = [run(0, 0.5, 1.0), run(1, 0.5, 1.1)]
+    runs = {"routing_causal": [run(0, 1.5, 1.0), run(1, 1.5, 1.1)], "local": [run(0, 0.5, 2.0), run(1, 0.5, 2.1)]}
+    timing = {"status": "ok", "arms": {"routing_causal": [0.5, 0.52], "local": [0.5, 0.5]}, "others_cpu_share": 0.0,
+              "rounds": 2}
 
-    def row(local_seconds_per_step, others=0.0, fastest=0.5):
-        runs = {"routing_causal": routing,
-                "local": [run(0, local_seconds_per_step, 2.0, others), run(1, local_seconds_per_step, 2.1, others)]}
-        step_times = {"routing_causal": [0.5, 0.5], "local": [fastest, local_seconds_per_step]}
-        return reproduce_report.comparison_row(claim, comparison, runs, step_times)
+    def row(timing, kind_comparison=comparison):
+        return reproduce_report.comparison_row(claim, kind_comparison, runs, timing)
 
-    assert row(0.55)["time_verdict"] == "holds"  # within SPEED_DRIFT of the arm's fastest run
-    slower = row(0.75)
-    assert slower["time_verdict"] == "inconclusive" and slower["steps_verdict"] == "holds"
-    assert "timed on a slower machine: local 0.75 s/step, its fastest run 0.50" in slower["time"]
-    assert row(0.75, others=0.3)["time_verdict"] == "holds"  # disturbed: reported as such, not as the machine
-    assert row(0.75, fastest=0.7)["time_verdict"] == "holds"
+    assert row(timing)["time_verdict"] == "holds" and row(timing)["time"].startswith("at 20 s: ")
+    slower = row(dict(timing, arms={"routing_causal": [2.0, 2.0], "local": [0.5, 0.5]}))
+    assert slower["time_verdict"] == "does not hold" and slower["steps_verdict"] == "holds"  # routing at step 10
+    disturbed = row(dict(timing, others_cpu_share=0.3))
+    assert disturbed["time_verdict"] == "inconclusive" and "paired timing disturbed: other processes used 30%" in (
+        disturbed["time"])
+    missing = row(None)
+    assert missing["time_verdict"] == "inconclusive" and "--retime" in missing["time"]
+    assert missing["steps_verdict"] == "holds"
+    sparse = claims.CLAIMS["sparse"]
+    faster = next(c for c in sparse.comparisons if c.kind == "faster")
+    sparse_runs = {"fixed": runs["local"], "dense": runs["routing_causal"]}
+    sparse_timing = dict(timing, arms={"fixed": [0.2, 0.21, 0.2], "dense": [0.5, 0.52, 0.51]}, rounds=3)
+    speed = reproduce_report.comparison_row(sparse, faster, sparse_runs, sparse_timing)
+    assert speed["steps_verdict"] == "holds" and "(paired timing, 3 rounds)" in speed["steps"]
+    assert reproduce_report.comparison_row(sparse, faster, sparse_runs, None)["steps_verdict"] == "inconclusive"
