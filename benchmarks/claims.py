@@ -99,9 +99,10 @@ CLAIMS = {
                  "top of the range (seed-0 validation 2.804 against 2.999 at 2e-3), and kept both routing arms "
                  "at 2e-3 (at 4e-3: causal 2.990 against 2.950, balanced 3.160 against 2.903); at 4e-3 local's "
                  "two seeds are 0.26 bits apart, more than the arms' means differ. Its 4e-3 runs were made a day "
-                 "after the routing arms', while this machine ran slower (0.73 s/step undisturbed against 0.51 "
-                 "for the same arm before), so the equal-time view of this claim needs every arm timed in one "
-                 "session to be read. Routing heads can only add context beyond the local window once the model "
+                 "after the routing arms', while this machine ran slower (0.73 s/step against 0.51 for the same "
+                 "arm before); the paired timing, every arm in one process, puts the three arms within 9% of "
+                 "each other per step (local-only, with all its heads local, the slowest), so the equal-time view "
+                 "is inconclusive too. Routing heads can only add context beyond the local window once the model "
                  "uses context at all. Longer runs of this claim (`--claims=routing --steps=2880`, about 4 hours "
                  "on 2 cores) are the next check; the quality benchmark's routing preset shows the same model "
                  "family trains well past this point",
