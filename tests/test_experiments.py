@@ -20,7 +20,6 @@ import re
 import gin
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from apps import experiment_info, gin_experiment, steps
