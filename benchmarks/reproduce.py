@@ -151,7 +151,7 @@ def train_run(settings, claim, arm, learning_rate, seed, data_dir=None):
 
 
 # Paired timing (`time_arms`): rounds, and steps of each arm per round (~10 s at full scale on 2 cores).
-TIMING = {"full": dict(rounds=5, steps=12), "quick": dict(rounds=3, steps=2)}
+TIMING = {"full": dict(rounds=5, steps=12), "quick": dict(rounds=2, steps=1)}
 
 
 def time_arms(settings, claim, data_dir=None):
