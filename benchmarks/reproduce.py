@@ -452,6 +452,7 @@ def main(argv=None):
     results.data["machine"] = harness.machine()
     results.data.setdefault("invocations", []).append(
         {"command": command, "date": datetime.datetime.now().isoformat(timespec="seconds")})
+
     def log(line):
         print(line, file=sys.stderr, flush=True)
 

@@ -25,6 +25,7 @@ from benchmarks import claims as claim_specs
 README_START, README_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
 VERDICTS = ("holds", "does not hold", "inconclusive")
 
+
 def claim_settings(settings, claim):
     """`settings` with the steps of `claim`'s size where --steps left them open."""
     steps = settings.steps or claim_specs.CLAIMS[claim].sizes[settings.scale].steps
