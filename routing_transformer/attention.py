@@ -221,16 +221,15 @@ def _balanced_cluster_attention(queries, keys, v, q_scores, k_scores, share_qk, 
     v_c = _gather(v, k_rows, cluster_shape)
 
     # Relative positions are ranks inside the cluster: key rank j is at distance j - i from query rank i.
+    # With shared members (distinct and sorted), position j <= position i is rank j <= rank i: the block's own
+    # causal mask, one [window, window] for every cluster.
+    rank_causal = causal and share_qk
     keep = None
-    if causal and share_qk:
-        # Members are distinct and sorted, so position j <= position i is rank j <= rank i: one [window,
-        # window] mask for every cluster.
-        keep = ops.arange(window)[None, :] <= ops.arange(window)[:, None]
-    elif causal:
+    if causal and not share_qk:
         keep = k_members[:, :, :, None, :] <= q_members[:, :, :, :, None]
-    elif padded:
+    elif padded and not causal:
         keep = k_members[:, :, :, None, :] < length
-    out_c = block_attention(q_c, k_c, v_c, keep, scale=scale, relative_keys=relative_keys,
+    out_c = block_attention(q_c, k_c, v_c, keep, scale=scale, causal=rank_causal, relative_keys=relative_keys,
                             relative_values=relative_values, dropout_rate=dropout_rate, seed=seed,
                             keep_weights=keep_weights)
     out = _scatter_mean(out_c, q_rows, v, count_epsilon)

@@ -74,8 +74,6 @@ def local_attention(q, k, v, *, block_size, look_back=1, look_ahead=None, causal
     block_starts = ops.arange(num_blocks) * block_size
     key_positions = block_starts[:, None] + ops.arange(window)[None, :] - look_back * block_size
     keep = ops.logical_and(key_positions >= 0, key_positions < length)[:, None, :]
-    if causal:
-        keep = ops.logical_and(keep, (distances <= 0)[None])
     if max_distance is not None:
         keep = ops.logical_and(keep, (ops.abs(distances) < max_distance)[None])
     if segment_ids is not None:
@@ -83,14 +81,14 @@ def local_attention(q, k, v, *, block_size, look_back=1, look_ahead=None, causal
         same = segments[..., :, None] == _windows(segments, look_back, look_ahead)[..., None, :]
         keep = ops.logical_and(keep, same)
     out = block_attention(query_blocks(q), query_blocks(k), query_blocks(v), keep, scale=scale,
-                          look_back=look_back, look_ahead=look_ahead, relative_keys=relative_keys,
+                          look_back=look_back, look_ahead=look_ahead, causal=causal, relative_keys=relative_keys,
                           relative_values=relative_values, dropout_rate=dropout_rate, seed=seed,
                           keep_weights=keep_weights)
     out = ops.reshape(out, (batch, heads, num_blocks * block_size, v.shape[-1]))
     return out if isinstance(padding, int) and not padding else out[:, :, :length]
 
 
-def block_attention(q, k, v, keep=None, *, scale, look_back=0, look_ahead=0, relative_keys=None,
+def block_attention(q, k, v, keep=None, *, scale, look_back=0, look_ahead=0, causal=False, relative_keys=None,
                     relative_values=None, dropout_rate=0.0, seed=None, keep_weights=False):
     """Attention inside blocks: every block of queries attends to a window of key blocks.
 
@@ -107,6 +105,7 @@ def block_attention(q, k, v, keep=None, *, scale, look_back=0, look_ahead=0, rel
       keep: bool, broadcastable to [batch, heads, blocks, queries, keys], or None.
       scale: logits multiplier.
       look_back, look_ahead: key blocks before and after the query block in its window.
+      causal: also mask every key slot at a distance above 0 (so the relative terms skip those distances).
       relative_keys, relative_values: optional Shaw tables [2m + 1, dim], indexed by the distance clipped to
         the table.
       dropout_rate, seed: dropout on the attention probabilities.
@@ -121,33 +120,34 @@ def block_attention(q, k, v, keep=None, *, scale, look_back=0, look_ahead=0, rel
     Memory: without dropout the gradient is written out and (unless `keep_weights`) the attention weights are
     recomputed in the backward pass, so training keeps no [batch, heads, blocks, queries, keys] tensor between
     the passes (only the inputs), where automatic differentiation would keep the softmax, the masked weights
-    and the mask as float. The relative terms are two matmuls against the table rows of the block's
-    distances (`relative.toeplitz_rows`, `skew`, `unskew`), not a [queries, keys, dim] slab. The gradients
+    and the mask as float. The relative terms are two matmuls against the distinct table rows of the block's
+    kept distances (`relative.BlockDistances`, `skew`, `unskew`), not a [queries, keys, dim] slab (a matmul
+    batched over queries, several times slower on CPU). The gradients
     are the same up to rounding. With dropout the plain formulation is used (the backward would need the
     dropout mask).
     """
     queries, keys = q.shape[-2], (look_back + 1 + look_ahead) * k.shape[-2]
     offset = -look_back * k.shape[-2]
+    if causal:
+        behind = ops.arange(keys)[None, :] + offset <= ops.arange(queries)[:, None]
+        keep = behind if keep is None else ops.logical_and(keep, behind)
+    distances_k, distances_v = (
+        None if table is None else relative.block_distances(table, queries, keys, offset, causal)
+        for table in (relative_keys, relative_values))
 
     def windows(x):
         return _windows(x, look_back, look_ahead)
 
-    def rows(table, dtype):
-        return None if table is None else ops.cast(relative.toeplitz_rows(table, queries, keys, offset), dtype)
-
     if dropout_rate:
-        logits = _block_logits(q, windows(k), rows(relative_keys, q.dtype))
+        logits = _block_logits(q, windows(k), relative_keys, distances_k)
         weights = masked_softmax(logits * scale, keep, dropout_rate, seed)
-        return _block_mix(weights, windows(v), rows(relative_values, v.dtype))
+        return _block_mix(weights, windows(v), relative_values, distances_v)
     # Read into tensors here, so that the custom gradient sees tensors, not variables read inside it.
     tables = [ops.copy(t) for t in (relative_keys, relative_values) if t is not None]
     has_keys, has_values = relative_keys is not None, relative_values is not None
 
     def weights_of(q, k, table_k):
-        return _masked_softmax(_block_logits(q, k, rows(table_k, q.dtype)) * scale, keep)
-
-    def table_gradient(grad_rows, table):
-        return relative.toeplitz_rows_gradient(grad_rows, table, queries, keys, offset)
+        return _masked_softmax(_block_logits(q, k, table_k, distances_k) * scale, keep)
 
     @ops.custom_gradient
     def attend(q, k, v, *tables):
@@ -155,7 +155,7 @@ def block_attention(q, k, v, keep=None, *, scale, look_back=0, look_ahead=0, rel
         table_v = tables[-1] if has_values else None
         k_windows, v_windows = windows(k), windows(v)
         weights = weights_of(q, k_windows, table_k)
-        out = _block_mix(weights, v_windows, rows(table_v, v.dtype))
+        out = _block_mix(weights, v_windows, table_v, distances_v)
         # Only what `kept` holds reaches the backward closure (which eager execution keeps alive).
         kept = (k_windows, v_windows, weights) if keep_weights else None
 
@@ -177,22 +177,26 @@ def block_attention(q, k, v, keep=None, *, scale, look_back=0, look_ahead=0, rel
             grad_weights = ops.einsum("bhnqd,bhnkd->bhnqk", grad, v_)
             grad_tables = []
             if table_v is not None:
+                rows_v = distances_v.table_rows(table_v_, v.dtype)
                 grad_weights = grad_weights + relative.skew(
-                    ops.einsum("bhnqd,rd->bhnqr", grad, rows(table_v_, v.dtype)), keys)
-                grad_tables.append(table_gradient(
-                    ops.einsum("bhnqr,bhnqd->rd", relative.unskew(weights_v), grad), table_v))
+                    distances_v.expand(ops.einsum("bhnqd,rd->bhnqr", grad, rows_v)), keys)
+                weights_by_row = ops.cast(distances_v.reduce(relative.unskew(weights)), v.dtype)
+                grad_tables.append(distances_v.table_gradient(
+                    ops.einsum("bhnqr,bhnqd->rd", weights_by_row, grad), table_v))
             grad_weights = ops.cast(grad_weights, "float32")
             # Softmax backward; masked entries have weight 0, so their logits get 0 as through the mask. `scale`
             # multiplies the small gradients, not this [.., queries, keys] one.
             grad_logits = weights * (grad_weights - ops.sum(grad_weights * weights, axis=-1, keepdims=True))
+            if table_k is not None:
+                grad_by_row = ops.cast(distances_k.reduce(relative.unskew(grad_logits)), q.dtype)
             grad_logits = ops.cast(grad_logits, q.dtype)
             grad_q = ops.einsum("bhnqk,bhnkd->bhnqd", grad_logits, k_)
             grad_k = _unwindow(ops.einsum("bhnqk,bhnqd->bhnkd", grad_logits, q) * scale, look_back, look_ahead)
             if table_k is not None:
-                grad_by_distance = relative.unskew(grad_logits)
-                grad_q = grad_q + ops.einsum("bhnqr,rd->bhnqd", grad_by_distance, rows(table_k_, q.dtype))
-                grad_rel_k = ops.einsum("bhnqr,bhnqd->rd", grad_by_distance, q) * scale
-                grad_tables.insert(0, table_gradient(grad_rel_k, table_k))
+                grad_q = grad_q + ops.einsum("bhnqr,rd->bhnqd", grad_by_row,
+                                             distances_k.table_rows(table_k_, q.dtype))
+                grad_rel_k = ops.einsum("bhnqr,bhnqd->rd", grad_by_row, q) * scale
+                grad_tables.insert(0, distances_k.table_gradient(grad_rel_k, table_k))
             return (grad_q * scale, grad_k, grad_v, *grad_tables)
 
         return out, backward
@@ -239,21 +243,21 @@ def _zero_after(x):
     return ops.sum(ops.where(ops.equal(first, first), 0.0, float("nan")))
 
 
-def _block_logits(q, k, rel_k):
-    """float32 logits [b, h, n, queries, keys], with the relative-key term when the Toeplitz rows rel_k
-    [queries + keys - 1, dim] are given."""
+def _block_logits(q, k, table_k, distances):
+    """float32 logits [b, h, n, queries, keys], with the relative-key term when a table (and its block's
+    `relative.BlockDistances`) is given."""
     logits = ops.cast(ops.einsum("bhnqd,bhnkd->bhnqk", q, k), "float32")
-    if rel_k is not None:
-        by_distance = ops.einsum("bhnqd,rd->bhnqr", q, rel_k)
-        logits = logits + ops.cast(relative.skew(by_distance, k.shape[-2]), "float32")
+    if table_k is not None:
+        by_row = ops.einsum("bhnqd,rd->bhnqr", q, distances.table_rows(table_k, q.dtype))
+        logits = logits + ops.cast(relative.skew(distances.expand(by_row), k.shape[-2]), "float32")
     return logits
 
 
-def _block_mix(weights, v, rel_v):
-    """weights [b, h, n, queries, keys] applied to v, with the relative-value term when the Toeplitz rows
-    rel_v [queries + keys - 1, dim] are given."""
-    weights = ops.cast(weights, v.dtype)
-    out = ops.einsum("bhnqk,bhnkd->bhnqd", weights, v)
-    if rel_v is not None:
-        out = out + ops.einsum("bhnqr,rd->bhnqd", relative.unskew(weights), rel_v)
+def _block_mix(weights, v, table_v, distances):
+    """float32 weights [b, h, n, queries, keys] applied to v, with the relative-value term when a table (and its
+    block's `relative.BlockDistances`) is given."""
+    out = ops.einsum("bhnqk,bhnkd->bhnqd", ops.cast(weights, v.dtype), v)
+    if table_v is not None:
+        weights_by_row = ops.cast(distances.reduce(relative.unskew(weights)), v.dtype)
+        out = out + ops.einsum("bhnqr,rd->bhnqd", weights_by_row, distances.table_rows(table_v, v.dtype))
     return out

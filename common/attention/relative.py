@@ -5,6 +5,8 @@ key position j seen from query position i. Tables are shared across heads, as in
 Kernels add `q . R_k[j - i]` to the logits and `sum_j w_ij R_v[j - i]` to the output.
 """
 
+import dataclasses
+
 from keras import ops
 
 
@@ -37,30 +39,76 @@ def relative_embeddings(table, distances):
     return ops.take(table, ops.clip(distances, -m, m) + m, axis=0)
 
 
-def toeplitz_rows(table, queries, keys, offset):
-    """The table rows of every distance in a [queries, keys] block whose (i, j) distance is j - i + offset:
-    [queries + keys - 1, dim], row r holding distance r - (queries - 1) + offset (clipped), so that (i, j)
-    reads row j - i + queries - 1.
+@dataclasses.dataclass(frozen=True)
+class BlockDistances:
+    """The distances of a [queries, keys] block and the table rows they read.
 
-    With `skew` and `unskew` this turns the relative terms of a block into two plain matmuls against these
-    rows, in place of a [queries, keys, dim] slab contracted once per query (a matmul batched over queries,
-    which is several times slower on CPU).
+    Entry (i, j) is at distance j - i + offset; the block spans `lowest`..`highest`, queries + keys - 1
+    distances, the layout of `skew` / `unskew`. A [2m + 1, dim] table clips them to [-m, m], and a causal block
+    keeps none above 0, so only `first`..`last` read distinct rows: each relative term is a matmul against those
+    rows (`table_rows`), widened to every distance (`expand`) or summed back onto them (`reduce`). In a causal
+    window of two blocks of 128 with m = 128 that is 129 rows of 383.
     """
-    return relative_embeddings(table, _toeplitz_distances(queries, keys, offset))
+    lowest: int
+    highest: int
+    kept: int  # the highest distance not masked
+    first: int
+    last: int
+    max_distance: int  # the table's m
+
+    def table_rows(self, table, dtype):
+        """The rows of `first`..`last`, in `dtype`: [last - first + 1, dim]."""
+        return ops.cast(table[self.first + self.max_distance:self.last + self.max_distance + 1], dtype)
+
+    def table_gradient(self, grad_rows, table):
+        """The gradient of `table_rows` for that of the rows: zero on the rows no distance reads."""
+        grad = ops.pad(ops.cast(grad_rows, "float32"),
+                       [[self.first + self.max_distance, self.max_distance - self.last], [0, 0]])
+        return ops.cast(grad, table.dtype)
+
+    def expand(self, scores):
+        """Scores per row [..., last - first + 1] -> per distance [..., highest - lowest + 1]: a clipped distance
+        takes its row's score, a masked one 0."""
+        below, rows, above = self._runs()
+        parts = [_repeat(scores[..., :1], below)]
+        if rows > 1:
+            parts += [scores[..., 1:rows - 1], _repeat(scores[..., rows - 1:], above)]
+        masked = self.highest - self.kept
+        if masked:
+            parts.append(ops.zeros(tuple(ops.shape(scores)[:-1]) + (masked,), scores.dtype))
+        return ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+
+    def reduce(self, x):
+        """The transpose of `expand`: [..., highest - lowest + 1] -> [..., last - first + 1], each row's sum over
+        the distances that read it (masked distances are dropped)."""
+        below, rows, above = self._runs()
+        parts = [ops.sum(x[..., :below], axis=-1, keepdims=True)]
+        if rows > 1:
+            middle = below + rows - 2
+            parts += [x[..., below:middle], ops.sum(x[..., middle:middle + above], axis=-1, keepdims=True)]
+        return ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+
+    def _runs(self):
+        """(distances reading the first row, rows, distances reading the last row), of the unmasked ones."""
+        rows = self.last - self.first + 1
+        if rows == 1:
+            return self.kept - self.lowest + 1, 1, 0
+        return self.first - self.lowest + 1, rows, self.kept - self.last + 1
 
 
-def toeplitz_rows_gradient(grad_rows, table, queries, keys, offset):
-    """The transpose of `toeplitz_rows`: sums the gradient of the rows [queries + keys - 1, dim] into the table's
-    rows (clipped distances share a row), in float32 and returned in the table's dtype."""
+def block_distances(table, queries, keys, offset, causal=False):
+    """The `BlockDistances` of a [queries, keys] block whose (i, j) distance is j - i + offset, for `table`;
+    `causal`: distances above 0 are masked."""
     m = max_relative_position(table)
-    index = ops.clip(_toeplitz_distances(queries, keys, offset), -m, m) + m
-    grad = ops.segment_sum(ops.cast(grad_rows, "float32"), index, num_segments=table.shape[0])
-    return ops.cast(grad, table.dtype)
+    lowest, highest = offset - (queries - 1), offset + keys - 1
+    kept = max(min(highest, 0), lowest) if causal else highest  # a block with nothing kept: one masked column
+    return BlockDistances(lowest=lowest, highest=highest, kept=kept, first=min(max(lowest, -m), m),
+                          last=min(max(kept, -m), m), max_distance=m)
 
 
-def _toeplitz_distances(queries, keys, offset):
-    """The distance of each of `toeplitz_rows`' rows: r - (queries - 1) + offset."""
-    return ops.arange(queries + keys - 1) - (queries - 1) + offset
+def _repeat(column, count):
+    """[..., 1] -> [..., count]."""
+    return column if count == 1 else ops.repeat(column, count, axis=-1)
 
 
 def skew(scores, keys):

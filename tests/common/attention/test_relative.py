@@ -1,5 +1,5 @@
 """The Toeplitz form of the relative terms: skew and unskew against their index formula, and each other's
-transpose; the table rows of a block's distances and their gradient."""
+transpose; a block's distinct table rows, widened to every distance and summed back, and their gradient."""
 
 import numpy as np
 import pytest
@@ -32,25 +32,63 @@ def test_unskew_is_the_transpose_of_skew(queries, keys):
     np.testing.assert_array_equal(relative.skew(tf.constant(unskewed), keys).numpy(), b)
 
 
-def test_toeplitz_rows_hold_the_clipped_distances():
-    table = np.arange(7 * 2, dtype=np.float32).reshape(7, 2)  # max_relative_position 3
-    rows = relative.toeplitz_rows(tf.constant(table), queries=3, keys=4, offset=-2).numpy()
-    # Row r is distance r - 2 - 2 for r in 0..5: -4 (clipped to -3), -3, -2, -1, 0, 1.
-    np.testing.assert_array_equal(rows, table[[0, 0, 1, 2, 3, 4]])
+# (queries, keys, offset, m, causal)
+BLOCKS = [
+    (3, 4, -2, 3, False),  # one distance clipped
+    (4, 8, -4, 1, True),  # causal, most distances clipped
+    (4, 4, 0, 10, False),  # a table wider than the block
+    (4, 4, 0, 10, True),
+    (2, 6, 3, 1, False),  # every distance clipped above
+    (4, 4, -8, 2, True),  # every distance clipped below
+    (2, 2, 3, 2, True),  # nothing kept
+]
 
 
-def test_toeplitz_rows_gradient_is_the_gradient_of_the_gather():
-    """Clipped distances share a table row: their gradients add up there, as automatic differentiation's."""
+def _distances(queries, keys, offset, m, causal):
+    return relative.block_distances(tf.zeros((2 * m + 1, 1)), queries, keys, offset, causal)
+
+
+@pytest.mark.parametrize("queries,keys,offset,m,causal", BLOCKS)
+def test_expand_gives_every_distance_its_clipped_table_row(queries, keys, offset, m, causal):
+    table = np.arange((2 * m + 1) * 2, dtype=np.float32).reshape(2 * m + 1, 2) + 1
+    distances = relative.block_distances(tf.constant(table), queries, keys, offset, causal)
+    rows = distances.table_rows(tf.constant(table), "float32")
+    got = tf.transpose(distances.expand(tf.transpose(rows))).numpy()
+    want = np.stack([table[min(max(d, -m), m) + m] for d in range(offset - queries + 1, offset + keys)])
+    if causal:
+        want[np.arange(offset - queries + 1, offset + keys) > max(0, offset - queries + 1)] = 0
+    np.testing.assert_array_equal(got, want)
+    # Each row is read by some distance, once: the matmuls skip no row and repeat none.
+    assert len(np.unique(rows.numpy(), axis=0)) == len(rows)
+
+
+def test_a_causal_window_reads_only_the_rows_at_or_below_zero():
+    """The Routing Transformer's local heads: two blocks of 128, m = 128: 129 rows of the 383 distances."""
+    distances = _distances(128, 256, -128, 128, True)
+    assert (distances.lowest, distances.highest, distances.first, distances.last) == (-255, 127, -128, 0)
+
+
+@pytest.mark.parametrize("queries,keys,offset,m,causal", BLOCKS)
+def test_reduce_is_the_transpose_of_expand(queries, keys, offset, m, causal):
+    distances = _distances(queries, keys, offset, m, causal)
+    rng = np.random.default_rng(queries + keys + m)
+    a = rng.standard_normal((3, distances.last - distances.first + 1)).astype(np.float32)
+    b = rng.standard_normal((3, queries + keys - 1)).astype(np.float32)
+    np.testing.assert_allclose(np.sum(distances.expand(tf.constant(a)).numpy() * b),
+                               np.sum(a * distances.reduce(tf.constant(b)).numpy()), rtol=1e-5)
+
+
+@pytest.mark.parametrize("queries,keys,offset,m,causal", BLOCKS[:3])
+def test_table_gradient_is_the_gradient_of_the_rows(queries, keys, offset, m, causal):
     rng = np.random.default_rng(3)
-    table = tf.constant(rng.standard_normal((7, 2)), tf.float32)
-    grad_rows = tf.constant(rng.standard_normal((6, 2)), tf.float32)
+    table = tf.constant(rng.standard_normal((2 * m + 1, 2)), tf.float32)
+    distances = relative.block_distances(table, queries, keys, offset, causal)
+    grad_rows = tf.constant(rng.standard_normal((distances.last - distances.first + 1, 2)), tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(table)
-        rows = relative.toeplitz_rows(table, queries=3, keys=4, offset=-2)
+        rows = distances.table_rows(table, "float32")
     want = tf.convert_to_tensor(tape.gradient(rows, table, output_gradients=grad_rows)).numpy()
-    got = relative.toeplitz_rows_gradient(grad_rows, table, queries=3, keys=4, offset=-2).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-6)
-    np.testing.assert_allclose(got[0], grad_rows.numpy()[0] + grad_rows.numpy()[1], rtol=1e-6)
+    np.testing.assert_array_equal(distances.table_gradient(grad_rows, table).numpy(), want)
 
 
 def test_skew_rejects_a_wrong_width():
