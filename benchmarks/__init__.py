@@ -1,0 +1,1 @@
+import common  # noqa: F401  (TensorFlow's CPU kernels: before anything imports TensorFlow)

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+import common  # noqa: F401  (TensorFlow's CPU kernels, as users get them: before anything imports TensorFlow)
 from tests import custom_gradients
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
