@@ -48,6 +48,7 @@ import time
 from benchmarks import harness
 from benchmarks import claims as claim_specs
 from benchmarks import reproduce_report
+from benchmarks import train_step
 
 README = os.path.join(harness.REPO_ROOT, "README.md")
 DEFAULT_OUTPUT = os.path.join(harness.RESULTS_DIR, "reproduce")
@@ -159,17 +160,12 @@ def time_arms(settings, claim, data_dir=None):
     optimizer and compiled step (its seed-0 run's) are built and compiled first, then every round times
     `TIMING` steps of each arm in turn, the order rotating between rounds. Returns {"arms": {arm: [s/step of
     each round]}, "others_cpu_share", "rounds", "steps_per_round"}."""
-    from apps import gin_experiment, steps
-
     arms = list(claim_specs.CLAIMS[claim].arms)
     prepared = {}
     for arm in arms:
         params = experiment_params(settings, claim, arm, settings.learning_rates[0], 0, data_dir)
-        experiment = gin_experiment.parse_config([], params)
-        model, _ = gin_experiment.build_model(experiment)
-        optimizer = gin_experiment.make_optimizer(experiment, model)
-        step = steps.make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile)
-        batches = list(itertools.islice(gin_experiment.make_dataset(experiment, "train", training=True), 2))
+        _, step, batches = train_step.training_step([], params)
+        batches = list(itertools.islice(batches, 2))
         float(step(batches[0])["loss"])  # traced and compiled before the timing
         prepared[arm] = step, batches
     rounds, count = TIMING[settings.scale]["rounds"], TIMING[settings.scale]["steps"]

@@ -23,17 +23,23 @@ from benchmarks import harness
 DEFAULT_ARMS = ("jit on=Experiment.jit_compile = True", "jit off=Experiment.jit_compile = False")
 
 
-def measure(gin_file, bindings, steps, warmup):
-    """Times `steps` training steps after `warmup` ones in this process; returns the numbers."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def training_step(gin_files, bindings):
+    """An experiment's training step as the trainer builds it (model, built optimizer, the step traced or
+    compiled per `Experiment.jit_compile` on its first call): (experiment, step, iterator of training batches)."""
     from apps import gin_experiment
     from apps.steps import make_train_step
 
-    experiment = gin_experiment.parse_config([gin_file], list(bindings))
+    experiment = gin_experiment.parse_config(list(gin_files), list(bindings))
     model, _ = gin_experiment.build_model(experiment)
     optimizer = gin_experiment.make_optimizer(experiment, model)
     step = make_train_step(model, optimizer, experiment.clip_norm, experiment.jit_compile)
-    batches = iter(gin_experiment.make_dataset(experiment, "train", training=True))
+    return experiment, step, iter(gin_experiment.make_dataset(experiment, "train", training=True))
+
+
+def measure(gin_file, bindings, steps, warmup):
+    """Times `steps` training steps after `warmup` ones in this process; returns the numbers."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    experiment, step, batches = training_step([gin_file], bindings)
     for _ in range(warmup):
         step(next(batches))["loss"].numpy()
     walls, cpus = [], []
