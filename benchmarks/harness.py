@@ -176,26 +176,27 @@ def growth_exponent(records, key):
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else None
 
 
-def cpu_model():
-    """CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+def _cpuinfo(field):
+    """The first value of `field` in /proc/cpuinfo, or None where there is none (or no such file)."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(field)), None)
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return None
+
+
+def cpu_model():
+    """CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
 
 
 def vector_extension():
     """The widest of AVX-512 / AVX2 the CPU has (from /proc/cpuinfo): hosts that differ in it differ in speed by
     up to 2x, and TensorFlow's default for its oneDNN kernels follows it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
+    flags = _cpuinfo("flags")
+    if flags is None:
         return "unknown vector extension"
+    flags = flags.split()
     return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
 
 

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks import harness
-
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENABLED = ("from tensorflow.python.util import _pywrap_util_port as port; "  # private: no public query
            "print('oneDNN', port.IsMklEnabled())")
 
@@ -17,7 +16,7 @@ def _onednn_after(module, setting=None):
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     if setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    out = subprocess.run([sys.executable, "-c", f"import {module}; {ENABLED}"], env=env, cwd=harness.REPO_ROOT,
+    out = subprocess.run([sys.executable, "-c", f"import {module}; {ENABLED}"], env=env, cwd=REPO_ROOT,
                          capture_output=True, text=True, check=True).stdout
     return out.strip().splitlines()[-1]
 
