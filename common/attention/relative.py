@@ -52,9 +52,17 @@ class BlockDistances:
     lowest: int
     highest: int
     kept: int  # the highest distance not masked
-    first: int
-    last: int
     max_distance: int  # the table's m
+
+    @property
+    def first(self):
+        """The lowest distance with a row of its own (distances below it read the same clipped row)."""
+        return min(max(self.lowest, -self.max_distance), self.max_distance)
+
+    @property
+    def last(self):
+        """The highest kept distance with a row of its own."""
+        return min(max(self.kept, -self.max_distance), self.max_distance)
 
     def table_rows(self, table, dtype):
         """The rows of `first`..`last`, in `dtype`: [last - first + 1, dim]."""
@@ -102,8 +110,7 @@ def block_distances(table, queries, keys, offset, causal=False):
     m = max_relative_position(table)
     lowest, highest = offset - (queries - 1), offset + keys - 1
     kept = max(min(highest, 0), lowest) if causal else highest  # a block with nothing kept: one masked column
-    return BlockDistances(lowest=lowest, highest=highest, kept=kept, first=min(max(lowest, -m), m),
-                          last=min(max(kept, -m), m), max_distance=m)
+    return BlockDistances(lowest=lowest, highest=highest, kept=kept, max_distance=m)
 
 
 def _repeat(column, count):
