@@ -180,7 +180,7 @@ CLAIMS = {
                       "and 3.37 held-out bits/byte, above xz -9. More, smaller steps, as for the routing claim "
                       "(revision 3), and the Sparse Transformer claim's context, so that the summaries of earlier "
                       "segments have 31 of them to cover",
-        findings="Combiner-Mixture is the worst Combiner arm at equal steps in both seeds, as in revision 2, and "
+        findings="Combiner-Mixture is the worst Combiner arm at equal steps in all three seeds, as in revision 2, and "
                  "the slowest per step (its 3n + 2m logits against about m + n for Fixed). Its kernel equals a "
                  "per-query re-derivation of the released JAX code (tests/combiner), so we looked at what it "
                  "attends to on text: half of its terms are the axial-vertical plan, the query's column (every "
