@@ -32,7 +32,7 @@ import os
 import sys
 
 from benchmarks import harness
-from benchmarks.report_format import load_results, machines, not_measured, source_text
+from benchmarks.report_format import QUALITY_INPUTS, load_results, machines, not_measured, source_text
 from benchmarks.report_plots import draw_plots
 from benchmarks.report_tables import (attention_maps_section, attention_section, behind_section, decoding_section,
                                       families_section, quality_section, small_models_section)
@@ -63,7 +63,8 @@ def report(results, plots, results_dir):
     lines += attention_section(results, plots, results_dir)
     lines += families_section(results, plots, results_dir)
     lines += small_models_section(results)
-    lines += quality_section(results, plots, results_dir)
+    for name in QUALITY_INPUTS:
+        lines += quality_section(results, plots, results_dir, name)
     lines += decoding_section(results, plots, results_dir)
     lines += attention_maps_section(results_dir)
     lines += behind_section(results)

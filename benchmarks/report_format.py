@@ -14,9 +14,11 @@ COMMANDS = {
     "families": "python -m benchmarks.families",
     "small_models": "python -m benchmarks.small_models",
     "quality": "python -m benchmarks.quality",
+    "quality_30min": "python -m benchmarks.quality --budget_s=1800 --output=benchmarks/results/quality_30min",
     "decoding": "python -m benchmarks.decoding",
 }
 PEER = "pytorch"
+QUALITY_INPUTS = ("quality", "quality_30min")  # the presets' 10-minute budget, and the 30-minute stretch run
 
 
 def load_results(results_dir):

@@ -9,8 +9,8 @@ matplotlib.use("Agg")
 from matplotlib import pyplot as plt, ticker  # noqa: E402
 
 from benchmarks import attention as kernel_benchmark  # noqa: E402
-from benchmarks.report_format import (PEER, attention_runs, config_names, jit_name, jit_settings, kernel_names, kilo,
-                                      lengths_of, measured, ordered)  # noqa: E402
+from benchmarks.report_format import (PEER, QUALITY_INPUTS, attention_runs, config_names, jit_name, jit_settings,
+                                      kernel_names, kilo, lengths_of, measured, ordered)  # noqa: E402
 
 PLOT_CAPTIONS = {
     "kernels_time": "Each attention kernel's forward + backward time against length",
@@ -18,6 +18,7 @@ PLOT_CAPTIONS = {
     "families_tokens_per_s": "Training-step tokens/s of each family against length",
     "families_memory": "Training-step peak memory of each family against length",
     "quality": "Training bits/byte against wall time, with xz -9",
+    "quality_30min": "Training bits/byte against wall time over 30 minutes, with xz -9",
     "decoding": "Cached decoding against the full pass, per new token",
 }
 MARKERS = "osD^vPX*h<>p"
@@ -189,8 +190,9 @@ def draw_plots(results, plots_dir):
                                                        os.path.join(plots_dir, "families_tokens_per_s.png"), False)
         plots["families_memory"] = plot_families(results["families"], "memory_mib", "peak memory (MiB)",
                                                  os.path.join(plots_dir, "families_memory.png"), True)
-    if results["quality"] and any(measured(r) for r in results["quality"]["records"]):
-        plots["quality"] = plot_quality(results["quality"], os.path.join(plots_dir, "quality.png"))
+    for name in QUALITY_INPUTS:
+        if results[name] and any(measured(r) for r in results[name]["records"]):
+            plots[name] = plot_quality(results[name], os.path.join(plots_dir, name + ".png"))
     if results["decoding"]:
         plots["decoding"] = plot_decoding(results["decoding"], os.path.join(plots_dir, "decoding.png"))
     return plots

@@ -5,8 +5,8 @@ import os
 import sys
 
 from benchmarks import harness
-from benchmarks.report_format import (COMMANDS, PEER, config_names, image, jit_name, jit_settings, lengths_of, measured,
-                                      not_measured, table, times)
+from benchmarks.report_format import (COMMANDS, PEER, QUALITY_INPUTS, config_names, image, jit_name, jit_settings,
+                                      lengths_of, measured, not_measured, table, times)
 from benchmarks.report_plots import PLOT_CAPTIONS
 from benchmarks.report_tables import FAMILY_HEADER, family_cells, family_record, from_scratch_cells
 
@@ -44,9 +44,10 @@ def headline(results):
             "", *table(["config", "length", "jit", *FAMILY_HEADER], rows, text_columns=3)]
 
 
-def quality_headline(results):
-    """The README's quality lines: held-out bits/byte of each preset after the same budget, next to xz -9."""
-    data = results["quality"]
+def quality_headline(results, name):
+    """The README's lines on one quality run: held-out bits/byte of each preset after the same budget, next to
+    xz -9."""
+    data = results[name]
     if not data or not data.get("xz_bits_per_byte"):
         return []
     xz = data["xz_bits_per_byte"]
@@ -58,7 +59,9 @@ def quality_headline(results):
     scratch = any("from_scratch_bits_per_byte" in r for r in runs)
     context = (" (every byte predicted from the bytes before it in its window, as xz does; \"from scratch\": "
                "consecutive windows, whose first bytes are predicted from nothing)") if scratch else ""
-    return ["", f"Held-out ({split} split) bits/byte of each family's `cpu_small.gin` preset after "
+    bindings = settings.get("gin_params") or []
+    bindings = f" with {'; '.join(f'`{p}`' for p in bindings)}" if bindings else ""
+    return ["", f"Held-out ({split} split) bits/byte of each family's `cpu_small.gin` preset{bindings} after "
             f"{settings['budget_s'] / 60:g} minutes of training{machine} (`{data['command']}`){context}; xz -9 on "
             f"the same {data['held_out_bytes']:,} bytes: {xz:.3f}:", "",
             *table(["config", "jit", "parameters", "steps", "held-out bits/byte", "this/xz -9"]
@@ -73,7 +76,8 @@ def readme_summary(results, plots, report_path, readme_dir):
     """The README's part between the markers: headline table, plots and a link to the whole report."""
     link = os.path.relpath(report_path, readme_dir)
     lines = [f"Measured results, regenerated from the raw JSON by `python -m benchmarks.report`; every table is in "
-             f"[{link}]({link}).", "", *headline(results), *quality_headline(results), ""]
+             f"[{link}]({link}).", "", *headline(results),
+             *(line for name in QUALITY_INPUTS for line in quality_headline(results, name)), ""]
     lines += [line for name, path in plots.items() for line in (image(path, PLOT_CAPTIONS[name], readme_dir), "")]
     return "\n".join(lines).rstrip("\n")
 

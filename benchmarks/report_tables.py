@@ -207,11 +207,16 @@ def small_models_comparisons(records):
              small_model_peer(records, r), "PyTorch") for r in records if r["config"] != PEER]
 
 
-def quality_section(results, plots, report_dir):
-    lines = ["## Held-out quality after a fixed training budget", ""] + machine_lines(results, ("quality",))
-    data = results["quality"]
+def quality_section(results, plots, report_dir, name="quality"):
+    """The table of one benchmarks.quality run (`name`: one of QUALITY_INPUTS)."""
+    data = results[name]
+    budget = f"{data['settings']['budget_s'] / 60:g} minutes of training" if data else "a fixed training budget"
+    lines = [f"## Held-out quality after {budget}", ""] + machine_lines(results, (name,))
     if not data:
-        return lines + [not_measured("quality"), ""]
+        return lines + [not_measured(name), ""]
+    if data["settings"].get("gin_params"):
+        lines += ["Bindings on top of the presets: " + "; ".join(f"`{p}`" for p in data["settings"]["gin_params"])
+                  + ".", ""]
     xz = data["xz_bits_per_byte"]  # None when no run finished
     if xz:
         split = data["settings"].get("eval_split", "validation")
@@ -238,8 +243,8 @@ def quality_section(results, plots, report_dir):
     lines += table(["config", "jit", "parameters", "steps", "tokens/s", "wall minutes", "CPU-minutes",
                     "held-out bits/byte", "this/xz -9"] + ["from scratch"] * scratch, rows,
                    text_columns=2) + [""] + disturbed_note(data["records"])
-    if "quality" in plots:
-        lines += [image(plots["quality"], PLOT_CAPTIONS["quality"], report_dir), ""]
+    if name in plots:
+        lines += [image(plots[name], PLOT_CAPTIONS[name], report_dir), ""]
     return lines
 
 

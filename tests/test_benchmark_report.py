@@ -14,7 +14,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KERNELS = ("dense", "local", "routing_balanced", "routing_causal", "combiner_fixed", "combiner_logsparse",
            "combiner_axial", "combiner_mixture", "sparse_strided", "sparse_fixed", "sparse_fixed_c8")
 LENGTHS = (1024, 2048, 4096, 8192)
-PLOTS = ("kernels_time", "kernels_memory", "families_tokens_per_s", "families_memory", "quality", "decoding")
+PLOTS = ("kernels_time", "kernels_memory", "families_tokens_per_s", "families_memory", "quality", "quality_30min",
+         "decoding")
 README = "# Zoo\n\nIntro text.\n\n{start}\nold summary\n{end}\n\nText after.\n"
 
 
@@ -86,6 +87,16 @@ def quality_input():
             "held_out_bytes": 100000, "xz_bits_per_byte": 2.5, "records": records}
 
 
+def quality_30min_input():
+    """The stretch run: routing alone for 30 minutes, its schedule stretched by a binding."""
+    data = quality_input()
+    data["records"] = [dict(data["records"][2], steps=3600, train_wall_s=1800.0, bits_per_byte=2.25,
+                            from_scratch_bits_per_byte=2.3, others_cpu_share=0.0)]
+    data["settings"].update(budget_s=1800.0, gin_params=["TRAIN_STEPS = 3600"])
+    data["command"] = "python -m benchmarks.quality --configs=routing --budget_s=1800"
+    return data
+
+
 def decoding_input():
     return [{"kernel": kernel, "prefix": prefix, "cached_s": 0.002, "full_s": 0.05 * prefix / 1024,
              "speedup": 25 * prefix / 1024} for kernel in ("local", "strided", "fixed") for prefix in (1024, 4096)]
@@ -103,11 +114,11 @@ def small_models_input():
 
 
 def write_inputs(results_dir, names=("attention", "attention_jit", "families", "small_models", "quality",
-                                     "decoding")):
+                                     "quality_30min", "decoding")):
     """Writes the named synthetic inputs (and an attention-map PNG) into results_dir."""
     inputs = {"attention": lambda: attention_input(False), "attention_jit": lambda: attention_input(True),
               "families": families_input, "small_models": small_models_input, "quality": quality_input,
-              "decoding": decoding_input}
+              "quality_30min": quality_30min_input, "decoding": decoding_input}
     os.makedirs(os.path.join(results_dir, "attention_maps"), exist_ok=True)
     with open(os.path.join(results_dir, "attention_maps", "overview.png"), "wb") as f:
         f.write(PNG_SIGNATURE)
@@ -159,12 +170,15 @@ def test_families_quality_and_decoding_tables(synthetic):
     # routing with jit off at 1k: 250 ms vs PyTorch's 200 ms, 400 vs 300 MiB; tokens/s = 1024 / 0.25 s.
     assert "| routing | 1,024 | 4,096 | 400 | 0.400 | 0.72x | 1.00x | 0.80x | 0.75x |" in section(
         text, "Training step of each family")
-    quality = section(text, "Held-out quality after a fixed training budget")
+    quality = section(text, "Held-out quality after 10 minutes of training")
     assert "| dense | on | 1,000,000 | 1,200 | 8,000 | 10.0 | 19.2 | 2.000 | 0.80x | 2.050 |" in quality  # xz: 2.5
     assert "\"from scratch\" is the same model on consecutive windows" in quality
     assert "(test split) to 2.500 bits/byte" in quality and "matmul rate: 50 GFLOP/s" in quality
     assert "| combiner | off | timeout |" in quality
     assert "| routing* | on |" in quality and "| routing | off |" in quality and "\\* Other processes used" in quality
+    longer = section(text, "Held-out quality after 30 minutes of training")
+    assert "Bindings on top of the presets: `TRAIN_STEPS = 3600`." in longer
+    assert "| routing | on | 1,000,000 | 3,600 | 8,000 | 30.0 | 19.2 | 2.250 | 0.90x | 2.300 |" in longer
     small = section(text, "Small batched models against the PyTorch package")
     assert "| 1,024 x 8 | routing | on | 4,096 | 500 | 1.25x |" in small
     assert "| 1,024 x 8 | pytorch | n/a | 3,277 | 600 | - |" in small
@@ -218,6 +232,8 @@ def test_readme_summary_replaces_only_the_marked_part(synthetic):
     assert ("Held-out (test split) bits/byte of each family's `cpu_small.gin` preset after 10 minutes of training "
             "on a CPU doing 50 GFLOP/s of float32 matmul" in summary and "100,000 bytes: 2.500" in summary)
     assert "| dense | on | 1,000,000 | 1,200 | 2.000 | 0.80x | 2.050 |" in summary and "timeout" not in summary
+    assert ("`cpu_small.gin` preset with `TRAIN_STEPS = 3600` after 30 minutes of training" in summary
+            and "| routing | on | 1,000,000 | 3,600 | 2.250 | 0.90x | 2.300 |" in summary)
     assert all(f"(results/plots/{name}.png)" in summary for name in PLOTS)
 
 
