@@ -6,7 +6,7 @@ import sys
 
 from benchmarks import harness
 from benchmarks.report_format import (COMMANDS, PEER, QUALITY_INPUTS, config_names, image, jit_name, jit_settings,
-                                      lengths_of, measured, not_measured, table, times)
+                                      lengths_of, measured, not_measured, quoted_bindings, table, times)
 from benchmarks.report_plots import PLOT_CAPTIONS
 from benchmarks.report_tables import FAMILY_HEADER, family_cells, family_record, from_scratch_cells
 
@@ -59,8 +59,7 @@ def quality_headline(results, name):
     scratch = any("from_scratch_bits_per_byte" in r for r in runs)
     context = (" (every byte predicted from the bytes before it in its window, as xz does; \"from scratch\": "
                "consecutive windows, whose first bytes are predicted from nothing)") if scratch else ""
-    bindings = settings.get("gin_params") or []
-    bindings = f" with {'; '.join(f'`{p}`' for p in bindings)}" if bindings else ""
+    bindings = f" with {quoted_bindings(settings)}" if quoted_bindings(settings) else ""
     return ["", f"Held-out ({split} split) bits/byte of each family's `cpu_small.gin` preset{bindings} after "
             f"{settings['budget_s'] / 60:g} minutes of training{machine} (`{data['command']}`){context}; xz -9 on "
             f"the same {data['held_out_bytes']:,} bytes: {xz:.3f}:", "",

@@ -7,7 +7,7 @@ from benchmarks import attention as kernel_benchmark
 from benchmarks import harness
 from benchmarks.report_format import (PEER, attention_runs, config_names, disturbed_note, image,
                                       jit_name, jit_settings, kernel_names, kilo, lengths_of, machine_lines, measured,
-                                      measured_cell, not_measured, number, table, time_text, times)
+                                      measured_cell, not_measured, number, quoted_bindings, table, time_text, times)
 from benchmarks.report_plots import PLOT_CAPTIONS
 
 ZOO_CONFIGS = ("routing", "sparse", "combiner")
@@ -207,16 +207,15 @@ def small_models_comparisons(records):
              small_model_peer(records, r), "PyTorch") for r in records if r["config"] != PEER]
 
 
-def quality_section(results, plots, report_dir, name="quality"):
+def quality_section(results, plots, report_dir, name):
     """The table of one benchmarks.quality run (`name`: one of QUALITY_INPUTS)."""
     data = results[name]
     budget = f"{data['settings']['budget_s'] / 60:g} minutes of training" if data else "a fixed training budget"
     lines = [f"## Held-out quality after {budget}", ""] + machine_lines(results, (name,))
     if not data:
         return lines + [not_measured(name), ""]
-    if data["settings"].get("gin_params"):
-        lines += ["Bindings on top of the presets: " + "; ".join(f"`{p}`" for p in data["settings"]["gin_params"])
-                  + ".", ""]
+    if quoted_bindings(data["settings"]):
+        lines += [f"Bindings on top of the presets: {quoted_bindings(data['settings'])}.", ""]
     xz = data["xz_bits_per_byte"]  # None when no run finished
     if xz:
         split = data["settings"].get("eval_split", "validation")
